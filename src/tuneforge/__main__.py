@@ -1,0 +1,5 @@
+import sys
+
+from tuneforge.cli.main import main
+
+sys.exit(main())

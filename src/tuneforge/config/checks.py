@@ -1,0 +1,217 @@
+"""Cross-field rules, each a small named function that raises ConfigError.
+
+They are LLaMA-Factory's rules (same combinations refused), with messages that say what to
+change. `run_checks` runs them all once, when a config is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from tuneforge.errors import ConfigError
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
+
+CHECKS: list[Callable[[Config], None]] = []
+
+
+def check(function: Callable[[Config], None]) -> Callable[[Config], None]:
+    CHECKS.append(function)
+    return function
+
+
+def run_checks(config: Config) -> None:
+    for rule in CHECKS:
+        rule(config)
+
+
+@check
+def adapters_need_lora(config: Config) -> None:
+    if config.model.adapter_name_or_path and config.finetuning.finetuning_type != "lora":
+        raise ConfigError(
+            "`adapter_name_or_path` needs `finetuning_type: lora` (adapters are LoRA weights); "
+            "merge them first with `tuneforge export` to continue with full or freeze tuning."
+        )
+
+
+@check
+def lora_only_options(config: Config) -> None:
+    finetuning = config.finetuning
+    if finetuning.finetuning_type == "lora":
+        return
+    for name, active in (
+        ("loraplus_lr_ratio", finetuning.loraplus_lr_ratio is not None),
+        ("use_rslora", finetuning.use_rslora),
+        ("use_dora", finetuning.use_dora),
+    ):
+        if active:
+            raise ConfigError(
+                f"`{name}` only applies to LoRA; set `finetuning_type: lora` or remove it."
+            )
+
+
+@check
+def quantization_rules(config: Config) -> None:
+    model, finetuning = config.model, config.finetuning
+    if model.quantization_bit is None:
+        return
+    if model.quantization_method == "bnb" and model.quantization_bit not in (4, 8):
+        raise ConfigError(
+            f"`quantization_bit: {model.quantization_bit}`: bitsandbytes quantizes to 4 or 8 bits."
+        )
+    if finetuning.finetuning_type != "lora":
+        raise ConfigError(
+            "a quantized model (`quantization_bit`) can only be trained with "
+            "`finetuning_type: lora` (QLoRA)."
+        )
+    if model.resize_vocab:
+        raise ConfigError("`resize_vocab` cannot be used with `quantization_bit`.")
+    adapters = model.adapter_name_or_path or []
+    if len(adapters) > 1:
+        raise ConfigError("a quantized model takes a single adapter in `adapter_name_or_path`.")
+    if adapters and finetuning.create_new_adapter:
+        raise ConfigError("`create_new_adapter` cannot be used with a quantized model's adapter.")
+
+
+@check
+def side_model_quantization(config: Config) -> None:
+    for name in ("ref_model_quantization_bit", "reward_model_quantization_bit"):
+        bits = getattr(config.finetuning, name)
+        if bits not in (None, 4, 8):
+            raise ConfigError(f"`{name}` must be 4 or 8, got {bits}.")
+
+
+@check
+def export_quantization_needs_data(config: Config) -> None:
+    export = config.export
+    if export.export_quantization_bit is not None and not export.export_quantization_dataset:
+        raise ConfigError(
+            "`export_quantization_bit` needs `export_quantization_dataset` for calibration."
+        )
+
+
+@check
+def validation_split(config: Config) -> None:
+    data = config.data
+    if data.val_size > 0 and data.eval_dataset:
+        raise ConfigError("set either `val_size` or `eval_dataset`, not both.")
+    if data.val_size > 0 and not data.dataset:
+        raise ConfigError("`val_size` splits `dataset`, which is not set.")
+    if data.val_size < 0:
+        raise ConfigError(f"`val_size` must be >= 0, got {data.val_size}.")
+
+
+@check
+def interleave_probabilities(config: Config) -> None:
+    data = config.data
+    if data.interleave_probs is None:
+        return
+    if data.mix_strategy == "concat":
+        raise ConfigError(
+            "`interleave_probs` needs `mix_strategy: interleave_under` or `interleave_over`."
+        )
+    for name in ("dataset", "eval_dataset"):
+        names = getattr(data, name)
+        if names and len(names) != len(data.interleave_probs):
+            raise ConfigError(
+                f"`interleave_probs` has {len(data.interleave_probs)} values but `{name}` "
+                f"names {len(names)} datasets; give one probability per dataset."
+            )
+    if any(p < 0 for p in data.interleave_probs) or sum(data.interleave_probs) <= 0:
+        raise ConfigError("`interleave_probs` must be non-negative and not all zero.")
+
+
+@check
+def prompt_masking(config: Config) -> None:
+    if config.data.mask_history and config.data.train_on_prompt:
+        raise ConfigError("`mask_history` and `train_on_prompt` contradict each other; pick one.")
+
+
+@check
+def sft_only_options(config: Config) -> None:
+    if config.finetuning.stage == "sft":
+        return
+    for name, active in (
+        ("predict_with_generate", config.training.get("predict_with_generate")),
+        ("neat_packing", config.data.neat_packing),
+        ("train_on_prompt", config.data.train_on_prompt),
+        ("mask_history", config.data.mask_history),
+    ):
+        if active:
+            raise ConfigError(
+                f"`{name}` only applies to `stage: sft` (this config has "
+                f"`stage: {config.finetuning.stage}`)."
+            )
+
+
+@check
+def prediction_settings(config: Config) -> None:
+    training = config.training
+    predicts = config.finetuning.stage == "sft" and training.get("do_predict")
+    if predicts and not training.get("predict_with_generate"):
+        raise ConfigError("`do_predict` in sft needs `predict_with_generate: true`.")
+    if training.get("predict_with_generate") and config.finetuning.compute_accuracy:
+        raise ConfigError("`compute_accuracy` cannot be combined with `predict_with_generate`.")
+    evaluates = training.get("do_eval") or training.get("do_predict")
+    if evaluates and not config.data.eval_dataset and config.data.val_size <= 0:
+        raise ConfigError("evaluation needs data: set `eval_dataset` or `val_size`.")
+
+
+@check
+def reward_and_ppo(config: Config) -> None:
+    finetuning = config.finetuning
+    if finetuning.stage in ("rm", "ppo") and config.training.get("load_best_model_at_end"):
+        raise ConfigError(
+            f"`load_best_model_at_end` is not supported for `stage: {finetuning.stage}`."
+        )
+    if finetuning.stage != "ppo":
+        return
+    if not finetuning.reward_model:
+        raise ConfigError("`stage: ppo` needs a `reward_model`.")
+    if finetuning.reward_model_type == "lora" and finetuning.finetuning_type != "lora":
+        raise ConfigError(
+            "`reward_model_type: lora` needs `finetuning_type: lora`; "
+            "use `reward_model_type: full` with full or freeze tuning."
+        )
+    if finetuning.reward_model_type == "api" and not finetuning.reward_model.startswith("http"):
+        raise ConfigError("`reward_model_type: api` needs `reward_model` to be an http(s) URL.")
+
+
+@check
+def preference_loss(config: Config) -> None:
+    finetuning = config.finetuning
+    smoothing = finetuning.dpo_label_smoothing > 1e-6
+    if finetuning.stage == "dpo" and finetuning.pref_loss != "sigmoid" and smoothing:
+        raise ConfigError("`dpo_label_smoothing` only applies to `pref_loss: sigmoid`.")
+    if finetuning.pref_loss == "kto_pair" and finetuning.stage == "dpo":
+        raise ConfigError(
+            "`pref_loss: kto_pair` is not supported by tuneforge yet; use `stage: kto`."
+        )
+
+
+@check
+def methods_not_yet(config: Config) -> None:
+    if config.finetuning.finetuning_type == "oft":
+        raise ConfigError("`finetuning_type: oft` is not supported by tuneforge yet.")
+    if config.model.infer_backend == "sglang":
+        raise ConfigError("`infer_backend: sglang` is not supported by tuneforge yet; use vllm.")
+    if config.data.mix_strategy not in ("concat", "interleave_under", "interleave_over"):
+        raise ConfigError(f"`mix_strategy: {config.data.mix_strategy}` is not supported yet.")
+
+
+@check
+def training_needs_data(config: Config) -> None:
+    if config.training.get("do_train") and not config.data.dataset:
+        raise ConfigError("`do_train: true` needs `dataset` (names from dataset_info.json).")
+    if config.training.get("do_train") and config.model.quantization_device_map == "auto":
+        raise ConfigError("`quantization_device_map: auto` is for inference, not training.")
+
+
+@check
+def positive_lengths(config: Config) -> None:
+    if config.data.cutoff_len < 2:
+        raise ConfigError(f"`cutoff_len` must be at least 2, got {config.data.cutoff_len}.")
+    if config.data.max_samples is not None and config.data.max_samples < 1:
+        raise ConfigError(f"`max_samples` must be at least 1, got {config.data.max_samples}.")

@@ -1,0 +1,225 @@
+"""Reading a config: a YAML (or JSON) file plus `key=value` overrides, flat keys with
+LLaMA-Factory's names, checked once and frozen into typed sections."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tuneforge.config.base import not_yet_note
+from tuneforge.config.data import DataConfig
+from tuneforge.config.export import EvaluationConfig, ExportConfig
+from tuneforge.config.fields import coerce
+from tuneforge.config.finetuning import FinetuningConfig
+from tuneforge.config.generation import GenerationConfig
+from tuneforge.config.model import ModelConfig
+from tuneforge.config.training import TrainingExtras, training_argument_types
+from tuneforge.errors import ConfigError
+from tuneforge.utils.suggest import did_you_mean
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "data": DataConfig,
+    "finetuning": FinetuningConfig,
+    "generation": GenerationConfig,
+    "export": ExportConfig,
+    "evaluation": EvaluationConfig,
+    "extras": TrainingExtras,
+}
+# LLaMA-Factory computes these itself; they are not keys a config may set.
+DERIVED_KEYS = ("compute_dtype", "device_map", "model_max_length", "block_diag_attn")
+SECRET_KEYS = ("hf_hub_token", "ms_hub_token", "om_hub_token", "hub_token", "swanlab_api_key")
+RESOLVED_FILE = "resolved.yaml"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every section of a validated config. `training` holds the Seq2SeqTrainingArguments
+    keys the user set (typed); `training_arguments()` builds the transformers object."""
+
+    model: ModelConfig
+    data: DataConfig
+    finetuning: FinetuningConfig
+    generation: GenerationConfig
+    export: ExportConfig
+    evaluation: EvaluationConfig
+    extras: TrainingExtras
+    training: Mapping[str, Any]
+    source: str = "<defaults>"
+
+    @property
+    def seed(self) -> int:
+        return self.training.get("seed", 42)
+
+    def training_arguments(self) -> Any:
+        """transformers' Seq2SeqTrainingArguments for these keys (they validate themselves)."""
+        from transformers import Seq2SeqTrainingArguments
+
+        try:
+            return Seq2SeqTrainingArguments(**self.training)
+        except (ValueError, TypeError) as error:
+            raise ConfigError(f"training arguments in {self.source}: {error}") from None
+
+    def flat(self) -> dict[str, dict[str, Any]]:
+        """Section name -> {key: effective value}, secrets masked."""
+        sections = {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+        sections["training"] = dict(self.training)
+        for values in sections.values():
+            for secret in SECRET_KEYS:
+                if values.get(secret):
+                    values[secret] = "<redacted>"
+        return sections
+
+
+def _key_index() -> dict[str, tuple[str, dataclasses.Field, Any]]:
+    index = {}
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for field in dataclasses.fields(cls):
+            index[field.name] = (section, field, hints[field.name])
+    return index
+
+
+KEYS = _key_index()
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The top-level mapping of a YAML or JSON config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as error:
+        raise ConfigError(
+            f"{path} is not valid {path.suffix.lstrip('.').upper()}: {error}"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of keys to values at the top level.")
+    return data
+
+
+def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
+    """`key=value` strings -> {key: value}; values are read as YAML scalars or lists."""
+    parsed = {}
+    for item in overrides:
+        name, sep, text = item.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"override `{item}` is not of the form key=value.")
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        parsed[name.strip()] = value
+    return parsed
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> Config:
+    """Reads, merges, validates and freezes a config."""
+    raw = read_config_file(path) if path else {}
+    extra = parse_overrides(overrides)
+    origins = {name: f"in {path}" for name in raw} | {name: "on the command line" for name in extra}
+    return build_config({**raw, **extra}, origins, source=str(path or "the command line"))
+
+
+def build_config(
+    raw: Mapping[str, Any], origins: Mapping[str, str] | None = None, source: str = "<dict>"
+) -> Config:
+    """Validates flat `raw` keys into a Config; errors name the key and where it was set."""
+    from tuneforge.config.checks import run_checks
+
+    origins = origins or {}
+    values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    training: dict[str, Any] = {}
+    for name, value in raw.items():
+        where = origins.get(name, f"in {source}")
+        try:
+            section, coerced = _place(name, value)
+        except ConfigError as error:
+            raise ConfigError(f"{error} (set {where})") from None
+        (training if section == "training" else values[section])[name] = coerced
+    _resolve_defaults(values)
+    try:
+        sections = {name: SECTIONS[name](**values[name]) for name in SECTIONS}
+    except (TypeError, ValueError) as error:  # pragma: no cover - guarded by _place
+        raise ConfigError(str(error)) from None
+    config = Config(**sections, training=training, source=source)
+    run_checks(config)
+    return config
+
+
+def _place(name: str, value: Any) -> tuple[str, Any]:
+    """The section `name` belongs to and `value` coerced to its type."""
+    if name in KEYS:
+        section, field, annotation = KEYS[name]
+        coerced = coerce(name, value, annotation)
+        note = not_yet_note(field)
+        default = field.default if field.default is not dataclasses.MISSING else None
+        if field.default_factory is not dataclasses.MISSING:
+            default = field.default_factory()
+        if note and coerced != default:
+            raise ConfigError(
+                f"config key `{name}` ({note}) is not supported by tuneforge yet; "
+                f"remove it or set it back to {default!r}."
+            )
+        return section, coerced
+    training_types = training_argument_types()
+    if name in training_types:
+        return "training", coerce(name, value, training_types[name])
+    if name in DERIVED_KEYS:
+        raise ConfigError(f"`{name}` is computed by tuneforge and cannot be set; remove it.")
+    known = [*KEYS, *training_types]
+    raise ConfigError(f"unknown config key `{name}`.{did_you_mean(name, known)}")
+
+
+def _resolve_defaults(values: dict[str, dict[str, Any]]) -> None:
+    """LLaMA-Factory's derived defaults, resolved before the sections are frozen."""
+    finetuning, data = values["finetuning"], values["data"]
+    if not finetuning.get("lora_alpha"):
+        finetuning["lora_alpha"] = 2 * finetuning.get("lora_rank", 8)
+    if data.get("neat_packing"):
+        data["packing"] = True
+    if data.get("packing") is None:
+        data["packing"] = finetuning.get("stage", "sft") == "pt"
+
+
+def write_resolved(config: Config, output_dir: str | Path, training_values: Mapping | None = None):
+    """Writes every effective value, grouped by section, to output_dir/resolved.yaml.
+
+    `training_values` (e.g. TrainingArguments.to_dict()) replaces the user's training keys
+    with the full set of effective training values when the caller has built them."""
+    sections = config.flat()
+    if training_values is not None:
+        sections["training"] = {k: v for k, v in training_values.items() if k in training_values}
+    output = Path(output_dir)
+    output.mkdir(parents=True, exist_ok=True)
+    lines = [f"# Every effective value of this run (from {config.source}).", ""]
+    for name, values in sections.items():
+        lines.append(f"# --- {name} ---")
+        lines.append(yaml.safe_dump(_plain(values), sort_keys=False, allow_unicode=True).rstrip())
+        lines.append("")
+    (output / RESOLVED_FILE).write_text("\n".join(lines), encoding="utf-8")
+    return output / RESOLVED_FILE
+
+
+def _plain(value: Any) -> Any:
+    """Values YAML can write: enums as their values, tuples as lists, objects as strings."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "value") and not isinstance(value, (str, int, float, bool)):
+        return value.value
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return str(value)

@@ -1,0 +1,1 @@
+"""Datasets: catalogue, file readers, formats, mixing, encoding and the on-disk cache."""

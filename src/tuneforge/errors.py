@@ -1,0 +1,26 @@
+"""User-facing errors.
+
+Every error a user can fix derives from `UserError`: the CLI prints its message without a
+traceback and exits with status 2. The message says where the problem is (file, row, key) and
+how to fix it.
+"""
+
+
+class UserError(Exception):
+    """A problem in the user's input that they can fix; shown without a traceback."""
+
+
+class ConfigError(UserError):
+    """A configuration key or value is unknown, malformed or inconsistent."""
+
+
+class DataError(UserError):
+    """A dataset, its catalogue entry or one of its rows cannot be used."""
+
+
+class ModelError(UserError):
+    """A model or tokenizer cannot be found or loaded."""
+
+
+class NotAvailableError(UserError):
+    """A feature that exists in the interface but is not implemented in this version."""
