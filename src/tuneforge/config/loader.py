@@ -20,7 +20,11 @@ from tuneforge.config.fields import coerce
 from tuneforge.config.finetuning import FinetuningConfig
 from tuneforge.config.generation import GenerationConfig
 from tuneforge.config.model import ModelConfig
-from tuneforge.config.training import TrainingExtras, training_argument_types
+from tuneforge.config.training import (
+    LEGACY_TRAINING_KEYS,
+    TrainingExtras,
+    training_argument_types,
+)
 from tuneforge.errors import ConfigError
 from tuneforge.utils.suggest import did_you_mean
 
@@ -138,7 +142,8 @@ def build_config(
     """Validates flat `raw` keys into a Config; errors name the key and where it was set."""
     from tuneforge.config.checks import run_checks
 
-    origins = origins or {}
+    origins = dict(origins or {})
+    raw = _translate_legacy(raw, origins, source)
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     training: dict[str, Any] = {}
     for name, value in raw.items():
@@ -156,6 +161,28 @@ def build_config(
     config = Config(**sections, training=training, source=source)
     run_checks(config)
     return config
+
+
+def _translate_legacy(
+    raw: Mapping[str, Any], origins: dict[str, str], source: str
+) -> dict[str, Any]:
+    """Replaces keys that transformers 5 removed by their successors (see training.py)."""
+    translated = {k: v for k, v in raw.items() if k not in LEGACY_TRAINING_KEYS}
+    for name in raw.keys() & LEGACY_TRAINING_KEYS.keys():
+        where = origins.get(name, f"in {source}")
+        try:
+            replacement = LEGACY_TRAINING_KEYS[name](raw[name])
+        except ValueError as error:
+            raise ConfigError(f"config key `{name}`: {error} (set {where}).") from None
+        for new, value in replacement.items():
+            if new in raw:
+                raise ConfigError(
+                    f"config key `{name}` means `{new}` in transformers 5, which is also set; "
+                    f"keep only `{new}` (set {where})."
+                )
+            translated[new] = value
+            origins[new] = f"{where}, as `{name}`"
+    return translated
 
 
 def _place(name: str, value: Any) -> tuple[str, Any]:

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 from tuneforge.data.catalogue import DatasetSpec
 from tuneforge.errors import DataError
+from tuneforge.utils.hub import hub_reachable
 
 READABLE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt")
 
@@ -155,20 +153,6 @@ def _read_txt(path: Path) -> Iterator[tuple[int, Any]]:
         for number, line in enumerate(handle, start=1):
             if line.strip():
                 yield number, {"text": line.rstrip("\n")}
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """Whether the Hugging Face Hub answers a TCP connection within `timeout` seconds."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", constants.ENDPOINT)).hostname or "huggingface.co"
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
 
 
 def read_hub(spec: DatasetSpec, cache_dir: str | None) -> list[Row]:

@@ -1,0 +1,34 @@
+# Set-up and the two jobs the README names. Everything runs in .venv; torch is installed first
+# and explicitly (torch==2.13.0: a CPU wheel here), so that pip never pulls a CUDA build onto
+# a CPU machine. To keep your own torch, `pip install -e .` in your environment instead.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH ?= torch==2.13.0
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: install demo test lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[test]"
+	touch $(STAMP)
+
+# The main job: build the tiny demo model offline, then show how the demo data is encoded.
+demo: $(STAMP)
+	$(PY) -m tuneforge.models.tiny models/tiny-qwen2
+	$(VENV)/bin/tuneforge data preview examples/demo_preview.yaml -n 2
+
+test: lint
+	$(VENV)/bin/pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) models saves .pytest_cache

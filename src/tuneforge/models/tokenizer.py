@@ -1,0 +1,67 @@
+"""Loading a tokenizer from a local folder or a hub id."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneforge.errors import ConfigError, ModelError
+from tuneforge.utils.hub import hub_reachable, looks_like_path
+
+
+def load_tokenizer(model: Any) -> Any:
+    """The tokenizer of `model.model_name_or_path` with the config's added tokens.
+
+    A local folder loads directly; a hub id loads from the local cache when it is there,
+    and otherwise needs the Hub: when that cannot be reached, a ModelError says so at once.
+    """
+    from transformers import AutoTokenizer
+
+    name = model.model_name_or_path
+    if not name:
+        raise ConfigError("`model_name_or_path` is required: a model folder or a hub id.")
+    kwargs = {
+        "use_fast": model.use_fast_tokenizer,
+        "revision": model.model_revision,
+        "cache_dir": model.cache_dir,
+        "token": model.hf_hub_token,
+        "trust_remote_code": model.trust_remote_code,
+        "split_special_tokens": model.split_special_tokens,
+    }
+    tokenizer = _from_pretrained(AutoTokenizer, name, kwargs, "tokenizer")
+    if model.add_tokens:
+        tokenizer.add_tokens(list(model.add_tokens))
+    if model.add_special_tokens:
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": list(model.add_special_tokens)},
+            replace_extra_special_tokens=False,
+        )
+    return tokenizer
+
+
+def _from_pretrained(loader: Any, name: str, kwargs: dict[str, Any], what: str) -> Any:
+    """`loader.from_pretrained(name)` with errors a user can act on."""
+    local = Path(name).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise ModelError(f"`model_name_or_path` {name} is a file; give the model's folder.")
+        try:
+            return loader.from_pretrained(str(local), **kwargs)
+        except (OSError, ValueError) as error:
+            raise ModelError(f"cannot load a {what} from folder {local}: {error}") from None
+    if looks_like_path(name):
+        raise ModelError(f"model folder {name} does not exist (check `model_name_or_path`).")
+    try:
+        return loader.from_pretrained(name, local_files_only=True, **kwargs)
+    except (OSError, ValueError):
+        pass  # not in the local cache: the Hub is needed
+    if not hub_reachable():
+        raise ModelError(
+            f"`{name}` is neither a local folder nor in the Hugging Face cache, and the Hub "
+            "cannot be reached from this machine (offline?). Download the model elsewhere and "
+            "set `model_name_or_path` to its folder."
+        )
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except (OSError, ValueError) as error:
+        raise ModelError(f"cannot load a {what} for `{name}` from the Hub: {error}") from None

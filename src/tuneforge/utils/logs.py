@@ -1,0 +1,18 @@
+"""Logging set-up for the command line: concise lines on stderr."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    logger = logging.getLogger("tuneforge")
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("[tuneforge] %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(level)
+    # Library chatter that says nothing a user can act on.
+    warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated.*")
