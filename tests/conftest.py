@@ -16,7 +16,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny Qwen2-style model and tokenizer, built once per session from a seed."""
     from tuneforge.models.tiny import cached_tiny_model
 
-    return cached_tiny_model(arch="qwen2", size="tiny", cache_root=tmp_path_factory.mktemp("tiny"))
+    return cached_tiny_model(arch="qwen2", size="tiny", cache_dir=tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,9 @@ def cache_key(parts: dict[str, Any]) -> str:
 def save(folder: Path, splits: dict[str, Any], report: dict[str, Any]) -> None:
     """Writes `splits` (name -> datasets.Dataset) and the report atomically: a crash midway
     leaves no folder that a later run would take for a complete cache."""
+    import datasets
+
+    datasets.disable_progress_bars()  # a progress bar per save says nothing useful here
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     try:

@@ -194,16 +194,12 @@ def fit_turns(
 
 
 def share_budget(prompt_len: int, response_len: int, budget: int) -> tuple[int, int]:
-    """Splits `budget` between a prompt and a response that do not fit together: a short side
-    is kept whole and the other gets the rest; two long sides share it in proportion."""
-    if response_len * 2 < budget:
-        response_budget = response_len
-    elif prompt_len * 2 < budget:
-        response_budget = budget - prompt_len
-    else:
-        response_budget = int(budget * response_len / (prompt_len + response_len))
-    response_budget = min(response_budget, response_len)
-    return min(budget - response_budget, prompt_len), response_budget
+    """Splits `budget` between a prompt and a response that do not fit together: a side that
+    fits in half the budget is kept whole and the other gets the rest; two long sides get
+    half each. (LLaMA-Factory splits long sides in proportion, which can leave a prompt of a
+    few tokens.)"""
+    prompt_budget = min(prompt_len, max(budget - response_len, budget // 2))
+    return prompt_budget, min(response_len, budget - prompt_budget)
 
 
 def _truncate_first_turn(

@@ -1,0 +1,1 @@
+"""Tokenizer and model loading, patches, and the offline tiny-model builder (`tiny`)."""

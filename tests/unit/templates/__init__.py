@@ -1,0 +1,1 @@
+"""Tests of tuneforge.templates (a package so that helpers import relatively)."""
