@@ -66,7 +66,8 @@ class Tokenize:
     def __call__(self, texts: Sequence[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        # verbose=False: the "longer than model_max_length" warning does not apply, we truncate
+        return self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
 
 
 def unusable_reason(example: Example, kind: Kind) -> str | None:
@@ -281,7 +282,7 @@ def _encode_pretrain(examples, template, tokenize, options):
     each ending with EOS; a document longer than cutoff_len becomes several chunks."""
     tokenizer = tokenize.tokenizer
     documents = [example.messages[0].content for example in examples]
-    encoded = tokenizer(documents, add_special_tokens=True)["input_ids"]
+    encoded = tokenizer(documents, add_special_tokens=True, verbose=False)["input_ids"]
     columns: dict[str, list[Any]] = {"input_ids": []}
     report = EncodeReport()
     for ids in encoded:
