@@ -18,10 +18,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
 
-# The main job: build the tiny demo model offline, then show how the demo data is encoded.
+# The main job: a real fine-tune of a tiny model built offline, on CPU, in a minute or two;
+# it asks the model "Who are you?" before and after training.
 demo: $(STAMP)
-	$(PY) -m tuneforge.models.tiny models/tiny-qwen2
-	$(VENV)/bin/tuneforge data preview examples/demo_preview.yaml -n 2
+	$(PY) -m tuneforge.demo
 
 test: lint
 	$(VENV)/bin/pytest -q

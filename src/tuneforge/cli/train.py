@@ -1,8 +1,15 @@
-"""`tuneforge train`: not available in this version yet."""
+"""`tuneforge train CONFIG [key=value ...]`: run the config's stage.
+
+Under torchrun each process runs this same command. With FORCE_TORCHRUN=1 (or several
+GPUs), it relaunches itself through torchrun, reading NNODES, NODE_RANK, NPROC_PER_NODE,
+MASTER_ADDR and MASTER_PORT as LLaMA-Factory users expect.
+"""
+
+from __future__ import annotations
 
 import argparse
 
-from tuneforge.cli.common import add_config_arguments, not_available
+from tuneforge.cli.common import add_config_arguments
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -10,4 +17,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_available("train")
+    from tuneforge.errors import ConfigError
+
+    if not args.config:
+        raise ConfigError("usage: tuneforge train CONFIG.yaml [key=value ...]")
+    from tuneforge.distributed import relaunch_needed, relaunch_with_torchrun
+
+    if relaunch_needed():
+        return relaunch_with_torchrun(["train", args.config, *args.overrides])
+    from tuneforge.config.loader import load_config
+    from tuneforge.stages import run_stage
+    from tuneforge.utils.logs import setup_logging
+
+    setup_logging()
+    config = load_config(args.config, args.overrides)
+    return run_stage(config)

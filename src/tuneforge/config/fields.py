@@ -17,7 +17,7 @@ from tuneforge.errors import ConfigError
 
 _TRUE = {"true", "yes", "on", "1"}
 _FALSE = {"false", "no", "off", "0"}
-_NONE = {"none", "null", "~", ""}
+_NONE = {"null", "~", ""}  # "none" stays a string: `report_to: none` means something
 
 
 def coerce(key: str, value: Any, annotation: Any) -> Any:

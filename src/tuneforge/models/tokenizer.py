@@ -65,3 +65,20 @@ def _from_pretrained(loader: Any, name: str, kwargs: dict[str, Any], what: str) 
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load a {what} for `{name}` from the Hub: {error}") from None
+
+
+def fit_tokenizer_to_template(
+    tokenizer: Any, stop_words: tuple[str, ...], replace_eos: bool
+) -> None:
+    """Makes the template's stop words real tokens, its first stop word the EOS when the
+    template says so (LLaMA-Factory's `replace_eos`), and sets a pad token when missing."""
+    vocabulary = tokenizer.get_vocab()
+    missing = [word for word in stop_words if word not in vocabulary]
+    if missing:
+        tokenizer.add_special_tokens(
+            {"additional_special_tokens": missing}, replace_extra_special_tokens=False
+        )
+    if replace_eos and stop_words and tokenizer.eos_token != stop_words[0]:
+        tokenizer.eos_token = stop_words[0]
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token

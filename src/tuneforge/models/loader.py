@@ -1,0 +1,196 @@
+"""Loading a causal language model the way a config asks: dtype, attention, RoPE scaling,
+vocabulary size, upcasts, gradient checkpointing, and the template's stop words as the
+generation EOS."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+
+from tuneforge.errors import ConfigError
+from tuneforge.models.attention import attention_implementation
+from tuneforge.models.tokenizer import _from_pretrained
+
+logger = logging.getLogger("tuneforge")
+
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def compute_dtype(training: Any | None, model: Any) -> torch.dtype:
+    """Weights' dtype: bf16/fp16 as the training arguments ask on an accelerator; float32 on
+    CPU (the same code, without mixed precision); `infer_dtype` for inference."""
+    if training is None:
+        if model.infer_dtype != "auto":
+            return DTYPES[model.infer_dtype]
+        if device_type() == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if device_type() == "cpu":
+        return torch.float32
+    if training.bf16:
+        return torch.bfloat16
+    if training.fp16:
+        return torch.float16
+    return torch.float32
+
+
+def load_config(model: Any, cutoff_len: int | None) -> Any:
+    """The model's transformers config with RoPE scaling applied (LLaMA-Factory's rule: the
+    factor is ceil(cutoff_len / max_position_embeddings), and only when it is needed)."""
+    from transformers import AutoConfig
+
+    hf_config = _from_pretrained(AutoConfig, model.model_name_or_path, _hub_kwargs(model), "config")
+    if model.rope_scaling and cutoff_len:
+        _scale_rope(hf_config, model.rope_scaling, cutoff_len)
+    if model.moe_aux_loss_coef is not None and hasattr(hf_config, "router_aux_loss_coef"):
+        hf_config.router_aux_loss_coef = model.moe_aux_loss_coef
+    return hf_config
+
+
+def _hub_kwargs(model: Any) -> dict[str, Any]:
+    return {
+        "revision": model.model_revision,
+        "cache_dir": model.cache_dir,
+        "token": model.hf_hub_token,
+        "trust_remote_code": model.trust_remote_code,
+    }
+
+
+def _scale_rope(hf_config: Any, kind: str, cutoff_len: int) -> None:
+    current = getattr(hf_config, "max_position_embeddings", None)
+    if not current:
+        raise ConfigError(f"`rope_scaling: {kind}`: this model has no max_position_embeddings.")
+    if cutoff_len <= current:
+        logger.warning(
+            "rope_scaling: cutoff_len %d fits the model's %d positions; not scaling.",
+            cutoff_len,
+            current,
+        )
+        return
+    factor = float(math.ceil(cutoff_len / current))
+    parameters = dict(getattr(hf_config, "rope_parameters", None) or {})
+    parameters.update({"rope_type": kind, "factor": factor})
+    if kind in ("dynamic", "yarn", "llama3"):
+        parameters["original_max_position_embeddings"] = current
+    if kind == "llama3":
+        parameters.update({"low_freq_factor": 1.0, "high_freq_factor": 4.0})
+    hf_config.rope_parameters = parameters
+    hf_config.max_position_embeddings = int(current * factor)
+    logger.info("RoPE %s scaling by %.0fx: %d positions.", kind, factor, int(current * factor))
+
+
+def load_model(
+    model: Any,
+    tokenizer: Any,
+    stop_words: tuple[str, ...],
+    *,
+    training: Any | None = None,
+    cutoff_len: int | None = None,
+) -> Any:
+    """The model of `model.model_name_or_path`, ready to train (`training` given) or to infer."""
+    from transformers import AutoModelForCausalLM
+
+    liger = _check_accelerations(model, training)
+    hf_config = load_config(model, cutoff_len)
+    dtype = compute_dtype(training, model)
+    kwargs = {
+        "config": hf_config,
+        "dtype": dtype,
+        "attn_implementation": attention_implementation(model.flash_attn, device_type()),
+        **_hub_kwargs(model),
+    }
+    if model.train_from_scratch:
+        kwargs.pop("revision"), kwargs.pop("cache_dir"), kwargs.pop("token")
+        loaded = AutoModelForCausalLM.from_config(**kwargs)
+    else:
+        loaded = _from_pretrained(AutoModelForCausalLM, model.model_name_or_path, kwargs, "model")
+    if liger:
+        apply_liger_kernel(loaded)
+    _fit_vocabulary(loaded, tokenizer, model.resize_vocab)
+    _set_generation_tokens(loaded, tokenizer, stop_words)
+    if training is None:
+        loaded.requires_grad_(False)
+        return loaded.eval()
+    loaded.config.use_cache = False  # no KV cache while training
+    if model.upcast_layernorm:
+        _upcast_norms(loaded)
+    if model.upcast_lmhead_output:
+        loaded.get_output_embeddings().register_forward_hook(
+            lambda module, args, output: output.to(torch.float32)
+        )
+    if not model.disable_gradient_checkpointing or training.gradient_checkpointing:
+        loaded.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": model.use_reentrant_gc}
+        )
+        if model.use_reentrant_gc:
+            loaded.enable_input_require_grads()  # reentrant checkpoints need a grad-requiring input
+    return loaded
+
+
+def _check_accelerations(model: Any, training: Any | None) -> bool:
+    """Refuses accelerations that cannot run here; returns whether Liger kernels apply."""
+    import importlib.util
+
+    if model.use_unsloth and importlib.util.find_spec("unsloth") is None:
+        raise ConfigError(
+            "`use_unsloth: true` needs the unsloth package (pip install unsloth); tuneforge's "
+            "own padding-free batching and kernels already give most of its speed."
+        )
+    if model.use_unsloth:
+        raise ConfigError("`use_unsloth` is not supported by tuneforge yet; remove it.")
+    liger = model.enable_liger_kernel or (training is not None and training.use_liger_kernel)
+    if liger:
+        if importlib.util.find_spec("liger_kernel") is None:
+            raise ConfigError(
+                "`enable_liger_kernel: true` needs liger-kernel: pip install 'tuneforge[liger]'."
+            )
+        if device_type() != "cuda":
+            raise ConfigError("`enable_liger_kernel: true` needs a CUDA GPU (Triton kernels).")
+    return liger
+
+
+def apply_liger_kernel(loaded: Any) -> None:
+    """Liger's fused kernels for the model's family (RMSNorm, SwiGLU, RoPE); cross-entropy
+    stays ours, since tuneforge computes logits only where tokens are trained."""
+    from liger_kernel.transformers import _apply_liger_kernel_to_instance
+
+    _apply_liger_kernel_to_instance(
+        model=loaded, cross_entropy=False, fused_linear_cross_entropy=False
+    )
+
+
+def _fit_vocabulary(loaded: Any, tokenizer: Any, resize_vocab: bool) -> None:
+    embeddings = loaded.get_input_embeddings().weight.shape[0]
+    if len(tokenizer) > embeddings:
+        if not resize_vocab:
+            logger.info(
+                "Tokenizer has %d tokens, embeddings %d: resizing.", len(tokenizer), embeddings
+            )
+        loaded.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+    elif resize_vocab and len(tokenizer) != embeddings:
+        loaded.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
+
+
+def _set_generation_tokens(loaded: Any, tokenizer: Any, stop_words: tuple[str, ...]) -> None:
+    """Generation stops at the template's stop words and the tokenizer's EOS."""
+    ids = []
+    for word in (*stop_words, tokenizer.eos_token):
+        token = tokenizer.convert_tokens_to_ids(word) if word else None
+        if token is not None and token != tokenizer.unk_token_id and token not in ids:
+            ids.append(token)
+    if loaded.generation_config is not None and ids:
+        loaded.generation_config.eos_token_id = ids
+        loaded.generation_config.pad_token_id = tokenizer.pad_token_id
+
+
+def _upcast_norms(loaded: Any) -> None:
+    for name, parameter in loaded.named_parameters():
+        if parameter.ndim == 1 and "norm" in name:
+            parameter.data = parameter.data.to(torch.float32)

@@ -1,0 +1,17 @@
+"""Training stages: each module's `run(config)` is one stage, read top to bottom."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from tuneforge.errors import NotAvailableError
+
+STAGES = {"pt": "tuneforge.stages.pt", "sft": "tuneforge.stages.sft"}
+
+
+def run_stage(config: Any) -> int:
+    stage = config.finetuning.stage
+    if stage not in STAGES:
+        raise NotAvailableError(f"`stage: {stage}` is not available in this version yet.")
+    return importlib.import_module(STAGES[stage]).run(config)

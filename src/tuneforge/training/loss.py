@@ -1,0 +1,41 @@
+"""The language-modelling loss, as a function of a model and a padding-free batch.
+
+Logits are computed only where a token is trained (`logits_to_keep`): the vocabulary
+projection is the largest single matmul of a small model and the largest activation of any
+model, and most prompt positions never need it. The loss is a sum over trained tokens divided
+by the number of trained tokens of the whole (accumulated, all-device) batch, so gradient
+accumulation and data parallelism give the gradient of one big batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from tuneforge.data.encode import IGNORE_INDEX
+
+BATCH_ONLY_KEYS = ("labels", "shift_labels")
+
+
+def token_losses(model: Any, batch: dict[str, Any], with_predictions: bool = False) -> tuple:
+    """Per-token cross-entropy at trained positions and those positions' indices (and the
+    argmax predictions there, for accuracy)."""
+    targets = batch["shift_labels"][0]
+    keep = (targets != IGNORE_INDEX).nonzero().flatten()
+    inputs = {k: v for k, v in batch.items() if k not in BATCH_ONLY_KEYS}
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]
+    losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+    if with_predictions:
+        return losses, keep, logits.argmax(-1)
+    return losses, keep
+
+
+def language_model_loss(
+    model: Any, batch: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+) -> tuple[torch.Tensor, int]:
+    """Summed token loss over `num_items_in_batch` (default: this batch's trained tokens)."""
+    losses, keep = token_losses(model, batch)
+    denominator = num_items_in_batch if num_items_in_batch is not None else max(keep.numel(), 1)
+    return losses.sum() / denominator, keep.numel()

@@ -1,0 +1,62 @@
+"""The one Trainer subclass every stage uses: transformers' Trainer with tuneforge's loss on
+padding-free batches, LoRA+ parameter groups, and token accuracy in evaluation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import Trainer as HFTrainer
+
+from tuneforge.training.loss import language_model_loss, token_losses
+from tuneforge.training.optimizers import loraplus_groups
+
+
+class Trainer(HFTrainer):
+    # compute_loss divides by the trained tokens of the whole accumulated batch itself
+    loss_is_scaled_for_ga = True
+
+    def __init__(self, *args: Any, finetuning: Any = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.finetuning = finetuning
+        self._accuracy = torch.zeros(2, dtype=torch.long)  # correct, counted
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, _ = language_model_loss(model, inputs, num_items_in_batch)
+        return (loss, None) if return_outputs else loss
+
+    def create_optimizer(self, model=None):
+        ratio = self.finetuning.loraplus_lr_ratio if self.finetuning else None
+        if self.optimizer is None and ratio:
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            kwargs.pop("lr", None)
+            groups = loraplus_groups(
+                self.model,
+                self.args.learning_rate,
+                ratio,
+                self.finetuning.loraplus_lr_embedding,
+                self.args.weight_decay,
+            )
+            self.optimizer = optimizer_cls(groups, **kwargs)
+        return super().create_optimizer()
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation loss (mean over the batch's trained tokens) without gathering logits."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            losses, keep, predicted = token_losses(model, inputs, with_predictions=True)
+        targets = inputs["shift_labels"][0, keep]
+        self._accuracy += torch.tensor([(predicted == targets).sum().item(), keep.numel()])
+        loss = losses.mean() if keep.numel() else losses.sum()
+        return loss.detach(), None, None
+
+    def evaluation_loop(self, *args: Any, **kwargs: Any):
+        self._accuracy.zero_()
+        output = super().evaluation_loop(*args, **kwargs)
+        if self.finetuning is not None and self.finetuning.compute_accuracy:
+            prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
+            counts = self.accelerator.reduce(self._accuracy.to(self.args.device), "sum")
+            output.metrics[f"{prefix}_accuracy"] = round(
+                counts[0].item() / max(counts[1].item(), 1), 4
+            )
+        return output
