@@ -87,7 +87,10 @@ def train_language_model(config: Any) -> int:
     )
 
     if args.do_train:
-        result = trainer.train(resume_from_checkpoint=resume)
+        try:
+            result = trainer.train(resume_from_checkpoint=resume)
+        finally:
+            stopper.restore()  # a crashed train() never reaches on_train_end
         if stopper.interrupted:
             logger.warning(
                 "Stopped at step %d with a checkpoint in %s; run the same command to resume.",

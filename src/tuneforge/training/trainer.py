@@ -20,6 +20,23 @@ class Trainer(HFTrainer):
         super().__init__(*args, **kwargs)
         self.finetuning = finetuning
         self._accuracy = torch.zeros(2, dtype=torch.long)  # correct, counted
+        self._examples_seen = 0  # examples, not rows: a packed row holds several
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self._examples_seen += len(inputs["cu_seq_lens_q"]) - 1
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def train(self, *args: Any, **kwargs: Any):
+        """transformers' train(), with examples and effective tokens per second added."""
+        result = super().train(*args, **kwargs)
+        examples = torch.tensor(self._examples_seen, device=self.args.device)
+        examples = int(self.accelerator.reduce(examples, "sum").item())
+        runtime = max(result.metrics.get("train_runtime", 0.0), 1e-9)
+        result.metrics["train_examples"] = examples
+        result.metrics["train_examples_per_second"] = round(examples / runtime, 3)
+        tokens = self.state.num_input_tokens_seen  # padding-free: all of them are effective
+        result.metrics["effective_tokens_per_sec"] = round(tokens / runtime, 3)
+        return result
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, _ = language_model_loss(model, inputs, num_items_in_batch)

@@ -16,3 +16,5 @@ def setup_logging(level: int = logging.INFO) -> None:
     logger.setLevel(level)
     # Library chatter that says nothing a user can act on.
     warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated.*")
+    # transformers' own Trainer and peft still call the gradient_checkpointing_* aliases
+    warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*")

@@ -1,0 +1,176 @@
+"""Training figures for a config, and side-by-side ratios against another system.
+
+    python benchmarks/train.py CONFIG [key=value ...]
+    python benchmarks/train.py --peer a_small_lora_sft [key=value ...]
+
+With `--peer NAME`, the LLaMA-Factory reference config NAME from ../shared/peer/configs is
+run twice on the same model, data and settings: once unedited by LLaMA-Factory 0.9.5
+(../shared/peer/run.sh) and once by `tuneforge train` (paths filled in, nothing else changed,
+plus any key=value overrides). It prints examples/s, effective (non-pad) tokens/s, peak
+memory (max RSS), preprocessing time, the mean training loss over the last logged steps, and
+the ratios. CLI start-up times are printed too. Figures are measured, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PEER = REPO.parent / "shared" / "peer"
+PEER_HOME = Path(os.environ.get("PEER_DIR", Path.home() / ".cache" / "tuneforge-peer"))
+LAST_STEPS = 20  # the training loss is compared as the mean over the last logged steps
+
+
+def timed(command: list[str], log: Path, env: dict | None = None) -> dict:
+    """Runs `command` under /usr/bin/time -v; wall seconds, peak RSS (MB), return code."""
+    stats = log.with_suffix(".time")
+    with log.open("w") as out:
+        code = subprocess.run(
+            ["/usr/bin/time", "-v", "-o", str(stats), *command],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            check=False,
+        ).returncode
+    text = stats.read_text()
+    rss = int(re.search(r"Maximum resident set size \(kbytes\): (\d+)", text).group(1))
+    wall = re.search(r"Elapsed \(wall clock\) time .*: (?:(\d+):)?(\d+):([\d.]+)", text)
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in wall.groups())
+    return {"code": code, "wall": hours * 3600 + minutes * 60 + seconds, "rss_mb": rss / 1024}
+
+
+def last_losses(log_file: Path) -> float | None:
+    losses = [json.loads(line).get("loss") for line in log_file.read_text().splitlines()]
+    losses = [loss for loss in losses if loss is not None]
+    return statistics.mean(losses[-LAST_STEPS:]) if losses else None
+
+
+def startup_seconds(command: list[str], repeat: int = 5) -> float:
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        subprocess.run(command, capture_output=True, check=True)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def run_tuneforge(config: Path, overrides: list[str], workdir: Path) -> dict:
+    output_dir = workdir / "tuneforge-out"
+    command = [
+        sys.executable,
+        "-m",
+        "tuneforge",
+        "train",
+        str(config),
+        *overrides,
+        f"output_dir={output_dir}",
+        f"data_cache_dir={workdir / 'cache'}",
+    ]
+    figures = timed(command, workdir / "tuneforge.log")
+    if figures["code"] != 0:
+        raise SystemExit(f"tuneforge failed; see {workdir / 'tuneforge.log'}")
+    results = json.loads((output_dir / "all_results.json").read_text())
+    encoded = re.search(r"in ([\d.]+) s \(cached", (workdir / "tuneforge.log").read_text())
+    return {
+        **figures,
+        "examples_per_s": results["train_examples_per_second"],
+        "tokens_per_s": results["effective_tokens_per_sec"],
+        "runtime": results["train_runtime"],
+        "preprocess_s": float(encoded.group(1)) if encoded else None,
+        "loss": last_losses(output_dir / "trainer_log.jsonl"),
+    }
+
+
+def run_peer(name: str, workdir: Path) -> dict:
+    """LLaMA-Factory on the peer config, through the peer harness."""
+    figures = timed(["bash", str(PEER / "run.sh"), name, str(PEER_HOME)], workdir / "peer.log")
+    log = (PEER_HOME / "logs" / f"{name}.log").read_text()
+    metric = {
+        key: float(value)
+        for key, value in re.findall(
+            r"'?(train_runtime|train_samples_per_second|effective_tokens_per_sec)'?\s*[:=]\s*([\d.]+)",
+            log,
+        )
+    }
+    rss = re.search(
+        r"Maximum resident set size \(kbytes\): (\d+)",
+        (PEER_HOME / "logs" / f"{name}.time").read_text(),
+    )
+    rows = int(re.search(r"Num examples = ([\d,]+)", log).group(1).replace(",", ""))
+    examples = (
+        int(re.search(r"Running tokenizer on dataset.*?(\d+)/(\d+)", log, re.S).group(2))
+        if "packing" in name
+        else rows
+    )
+    return {
+        "wall": figures["wall"],
+        "rss_mb": int(rss.group(1)) / 1024,
+        # a packed row holds examples/rows examples on average
+        "examples_per_s": metric["train_samples_per_second"] * examples / rows,
+        "tokens_per_s": metric.get("effective_tokens_per_sec"),
+        "runtime": metric["train_runtime"],
+        "loss": last_losses(PEER_HOME / "out" / name / "trainer_log.jsonl"),
+    }
+
+
+def peer_config(name: str, workdir: Path) -> Path:
+    """The peer's YAML with its paths filled in, and nothing else changed."""
+    text = (PEER / "configs" / f"{name}.yaml").read_text()
+    text = text.replace("@PEER@", str(PEER_HOME)).replace(
+        "@DATA@", str(PEER.parent / "lf-demo-data")
+    )
+    path = workdir / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", help="a tuneforge config (not with --peer)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--peer", help="a LLaMA-Factory reference config to run side by side")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
+    tuneforge = [sys.executable, "-m", "tuneforge"]
+    print(
+        f"CLI start-up: `tuneforge --help` {startup_seconds([*tuneforge, '--help']):.2f} s, "
+        f"`tuneforge version` {startup_seconds([*tuneforge, 'version']):.2f} s"
+    )
+    config = peer_config(args.peer, workdir) if args.peer else Path(args.config)
+    ours = run_tuneforge(config, args.overrides, workdir)
+    rows = [("tuneforge", ours)]
+    if args.peer:
+        rows.append(("LLaMA-Factory 0.9.5", run_peer(args.peer, workdir)))
+    print(
+        f"{'':22}{'examples/s':>12}{'eff. tok/s':>12}{'peak RSS MB':>13}{'loss(last)':>12}"
+        f"{'wall s':>9}"
+    )
+    for label, figures in rows:
+        loss = f"{figures['loss']:.4f}" if figures["loss"] is not None else "-"
+        print(
+            f"{label:22}{figures['examples_per_s']:>12.2f}{figures['tokens_per_s'] or 0:>12.1f}"
+            f"{figures['rss_mb']:>13.0f}{loss:>12}{figures['wall']:>9.1f}"
+        )
+    if ours.get("preprocess_s") is not None:
+        print(f"tuneforge preprocessing: {ours['preprocess_s']:.2f} s")
+    if args.peer:
+        peer = rows[1][1]
+        print(
+            f"ratios (tuneforge / LLaMA-Factory): examples/s "
+            f"{ours['examples_per_s'] / peer['examples_per_s']:.2f}x, peak memory "
+            f"{ours['rss_mb'] / peer['rss_mb']:.2f}x"
+        )
+    print(f"logs in {workdir}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: the Trainer subclass, losses, optimizers, callbacks and checkpoints."""

@@ -1,0 +1,322 @@
+"""Trainer callbacks: the JSONL training log, loss plots, and a graceful stop on Ctrl-C/SIGTERM.
+
+The log file name, its key names and the plot file names follow LLaMA-Factory's, so that tools
+written for its `trainer_log.jsonl` and `training_loss.png` read ours unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import signal
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from numbers import Real
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+logger = logging.getLogger(__name__)
+
+TRAINER_LOG = "trainer_log.jsonl"
+# Trainer log key -> trainer_log.jsonl key, in LLaMA-Factory's order and spelling.
+_LF_KEYS = {
+    "loss": "loss",
+    "eval_loss": "eval_loss",
+    "predict_loss": "predict_loss",
+    "reward": "reward",
+    "rewards/accuracies": "accuracy",
+    "learning_rate": "lr",
+    "epoch": "epoch",
+}
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def _hms(seconds: float) -> str:
+    """Seconds as "H:MM:SS" (hours unbounded, where `str(timedelta)` would say "1 day, ...")."""
+    s = int(seconds)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class JsonlLogCallback(TrainerCallback):
+    """Appends one JSON object per logging step to `output_dir/trainer_log.jsonl`.
+
+    Each line holds `current_steps`, `total_steps`, `loss`/`eval_loss` (when logged), `lr`,
+    `epoch`, `percentage`, `elapsed_time`, `remaining_time`, `throughput` (input tokens per
+    second since the previous line) and `total_tokens`, then every other numeric key of the
+    Trainer's logs unchanged (`grad_norm`, `rewards/chosen` ...). Token counts come from
+    `state.num_input_tokens_seen`, so set `include_num_input_tokens_seen="all"`: batches are
+    padding-free, so every input token is an effective one ("non_padding" would drop EOS tokens
+    where pad == eos).
+
+    A fresh run starts a fresh file; a resumed run (global_step > 0 at train begin) appends.
+    Each line is flushed as it is written, so a web UI can tail the file during training.
+    """
+
+    def __init__(self, output_dir: str | Path) -> None:
+        self.path = Path(output_dir) / TRAINER_LOG
+        self._start_time: float | None = None
+        self._start_step = 0
+        self._last_time = 0.0
+        self._last_tokens = 0
+
+    def _start(self, state: TrainerState) -> None:
+        self._start_time = self._last_time = time.perf_counter()
+        self._start_step = state.global_step
+        self._last_tokens = state.num_input_tokens_seen
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        self._start(state)
+        if state.global_step == 0:
+            self.path.write_text("", encoding="utf-8")  # lines of an earlier run would mislead
+
+    def on_log(
+        self,
+        args: TrainingArguments,
+        state: TrainerState,
+        control: TrainerControl,
+        logs: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not state.is_world_process_zero or logs is None:
+            return
+        if self._start_time is None:  # evaluate() without train(): no on_train_begin
+            self._start(state)
+        line = json.dumps(self._record(state, logs))
+        # Open, append, close: every line reaches the file at once, even if we are killed.
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(line + "\n")
+
+    def _record(self, state: TrainerState, logs: dict[str, Any]) -> dict[str, Any]:
+        now, step, total = time.perf_counter(), state.global_step, state.max_steps
+        assert self._start_time is not None
+        elapsed = now - self._start_time
+        # Average over this session's steps only: a resumed run did not do the earlier ones.
+        done = step - self._start_step
+        remaining = max(total - step, 0) * elapsed / done if done else 0
+        record: dict[str, Any] = {"current_steps": step, "total_steps": total}
+        for source, name in _LF_KEYS.items():
+            if _is_number(logs.get(source)):
+                record[name] = logs[source]
+        record["percentage"] = round(step / total * 100, 2) if total else 100
+        record["elapsed_time"] = _hms(elapsed)
+        record["remaining_time"] = _hms(remaining)
+
+        tokens = state.num_input_tokens_seen
+        if tokens:
+            new_tokens, seconds = tokens - self._last_tokens, now - self._last_time
+            if new_tokens > 0 and seconds > 0:  # an eval line at the same step trained nothing
+                record["throughput"] = round(new_tokens / seconds, 2)
+            record["total_tokens"] = tokens
+        self._last_time, self._last_tokens = now, tokens
+
+        for key, value in logs.items():
+            if key not in record and key != "learning_rate" and _is_number(value):
+                record[key] = value
+        return record
+
+
+def read_trainer_log(output_dir: str | Path) -> list[dict[str, Any]]:
+    """The records of `output_dir/trainer_log.jsonl` in file order (none if it is absent),
+    skipping lines that do not parse."""
+    path = Path(output_dir) / TRAINER_LOG
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a killed run can leave a torn last line
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def ema_smooth(values: Sequence[float]) -> list[float]:
+    """Exponential moving average, LLaMA-Factory's (TensorBoard-style) loss smoothing.
+
+    The weight grows with the number of points along a sigmoid, from 0 for a single point
+    towards 0.9 for long curves, so short curves are barely smoothed.
+
+    Args:
+        values: the raw curve.
+
+    Returns:
+        The smoothed curve, as long as `values`.
+    """
+    if not values:
+        return []
+    weight = 1.8 * (1 / (1 + math.exp(-0.05 * len(values))) - 0.5)
+    last, smoothed = values[0], []
+    for value in values:
+        last = last * weight + (1 - weight) * value
+        smoothed.append(last)
+    return smoothed
+
+
+def plot_loss(output_dir: str | Path, keys: Iterable[str] = ("loss", "eval_loss")) -> list[Path]:
+    """Plots each key of trainer_log.jsonl against the step, raw and smoothed.
+
+    Writes `output_dir/training_<key>.png` (a "/" in the key becomes "_"), 640x480 pixels, for
+    each key that has at least one point; keys without points are skipped.
+
+    Args:
+        output_dir: the training run's output folder, holding trainer_log.jsonl.
+        keys: log keys to plot.
+
+    Returns:
+        The paths of the images written.
+    """
+    # Agg on a bare Figure: no GUI, and no change to pyplot's global backend.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    output_dir = Path(output_dir)
+    records = read_trainer_log(output_dir)
+    written = []
+    for key in keys:
+        points = [
+            (r["current_steps"], r[key])
+            for r in records
+            if _is_number(r.get(key)) and math.isfinite(r[key]) and "current_steps" in r
+        ]
+        if not points:
+            logger.info("No %s in %s to plot.", key, output_dir / TRAINER_LOG)
+            continue
+        steps, values = zip(*points)
+        figure = Figure(figsize=(6.4, 4.8))
+        FigureCanvasAgg(figure)
+        axes = figure.add_subplot()
+        axes.plot(steps, values, color="#1f77b4", alpha=0.4, label="original")
+        axes.plot(steps, ema_smooth(values), color="#1f77b4", label="smoothed")
+        axes.set_title(f"training {key} of {output_dir}")
+        axes.set_xlabel("step")
+        axes.set_ylabel(key)
+        axes.legend()
+        path = output_dir / f"training_{key.replace('/', '_')}.png"
+        figure.savefig(path, format="png", dpi=100)
+        written.append(path)
+    return written
+
+
+class LossPlotCallback(TrainerCallback):
+    """Calls `plot_loss` once training ends (main process only)."""
+
+    def __init__(self, output_dir: str | Path, keys: Sequence[str] = ("loss", "eval_loss")) -> None:
+        self.output_dir = Path(output_dir)
+        self.keys = tuple(keys)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        if not state.is_world_process_zero:
+            return
+        # on_train_end runs inside train(), before the caller saves the final model: a plot
+        # that fails must not cost the user the model.
+        try:
+            for path in plot_loss(self.output_dir, self.keys):
+                logger.info("Loss curve saved to %s", path)
+        except Exception as error:
+            logger.warning("Could not plot the loss curves: %s", error)
+
+
+class StopOnSignalCallback(TrainerCallback):
+    """Turns the first SIGINT/SIGTERM into a stop at the next step boundary, with a checkpoint.
+
+    The first signal only sets a flag; at the next `on_step_end` training is told to save a
+    checkpoint and stop, so the run can be resumed from exactly there. `interrupted` and
+    `stopped_at_step` record what happened. A second signal restores the previous handlers and
+    acts as they would (Ctrl-C raises KeyboardInterrupt), so the user can always force-quit.
+
+    Handlers are installed in `on_train_begin` (main thread only: Python allows no other) and
+    restored in `on_train_end`; call `restore()` yourself if train() raised. In distributed
+    runs the ranks agree on the stop through a small all-reduce each step, so that they all
+    stop, and save, at the same step.
+    """
+
+    def __init__(self, signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> None:
+        self.signals = tuple(signals)
+        self.interrupted = False
+        self.stopped_at_step: int | None = None
+        self._requested = False
+        self._previous: dict[int, Any] = {}
+        self._group: Any = None
+
+    def install(self) -> None:
+        """Installs the handlers, remembering the previous ones (no-op off the main thread)."""
+        if self._previous or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in self.signals:
+            self._previous[signum] = signal.signal(signum, self._on_signal)
+
+    def restore(self) -> None:
+        """Puts back the handlers that were installed before `install`."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for signum, previous in self._previous.items():
+            signal.signal(signum, signal.SIG_DFL if previous is None else previous)
+        self._previous.clear()
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if not self._requested:
+            self._requested = True
+            logger.warning(
+                "%s received: stopping after this step and saving a checkpoint; "
+                "press Ctrl-C again to quit at once.",
+                signal.Signals(signum).name,
+            )
+            return
+        previous = self._previous.get(signum)
+        self.restore()
+        if callable(previous):
+            previous(signum, frame)
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        else:  # SIG_DFL or SIG_IGN before us: force-quit means the default action
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+
+    def on_train_begin(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.interrupted, self.stopped_at_step, self._requested = False, None, False
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if distributed and self._group is None:
+            # A CPU (gloo) group: the per-step agreement never waits on the GPU.
+            self._group = dist.new_group(backend="gloo")
+        self.install()
+
+    def on_step_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        requested = self._requested
+        if self._group is not None:
+            flag = torch.tensor([int(requested)], dtype=torch.int32)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self._group)
+            requested = bool(flag.item())
+        if not requested or self.interrupted:
+            return
+        control.should_save = True
+        control.should_training_stop = True
+        self.interrupted, self.stopped_at_step = True, state.global_step
+        logger.warning("Stopping at step %d and saving a checkpoint.", state.global_step)
+
+    def on_train_end(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        self.restore()
