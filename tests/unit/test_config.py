@@ -174,3 +174,11 @@ def test_transformers4_keys_of_llamafactory_yamls_are_translated(lf_yaml):
         load_config(lf_yaml, ["warmup_steps=10"])
     with pytest.raises(ConfigError, match="use `fsdp_config`"):
         load_config(lf_yaml, ["fsdp_min_num_params=100"])
+
+
+def test_yaml_bare_no_is_the_string_no_for_enum_keys(lf_yaml, tmp_path):
+    path = tmp_path / "save.yaml"
+    path.write_text(lf_yaml.read_text() + "save_strategy: no\n")  # YAML 1.1 reads False
+    assert load_config(path).training["save_strategy"] == "no"
+    with pytest.raises(ConfigError, match="quote it"):
+        load_config(lf_yaml, ["template=no"])

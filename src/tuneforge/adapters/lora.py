@@ -56,7 +56,7 @@ def apply_lora(model: Any, finetuning: Any, adapters: list[str] | None) -> Any:
         model = _load_adapter(PeftModel, model, path, trainable=False).merge_and_unload()
         logger.info("Merged adapter %s into the base weights.", path)
     if resume is not None:
-        logger.info("Continuing to train adapter %s.", resume)
+        logger.info("Loaded adapter %s; training goes on from it.", resume)
         return _load_adapter(PeftModel, model, resume, trainable=True)
     return get_peft_model(model, lora_config(finetuning, model))
 

@@ -45,7 +45,12 @@ def coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise _type_error(key, value, "a string")
+        hint = (
+            " (YAML reads a bare yes/no/on/off as true/false: quote it)"
+            if isinstance(value, bool)
+            else ""
+        )
+        raise _type_error(key, value, f"a string{hint}")
     return value  # an annotation we do not police (objects passed through to transformers)
 
 
@@ -86,6 +91,9 @@ def _describe(annotation: Any) -> str:
 def _coerce_literal(key: str, value: Any, allowed: tuple[Any, ...]) -> Any:
     if isinstance(value, enum.Enum):
         value = value.value
+    if isinstance(value, bool) and not any(isinstance(option, bool) for option in allowed):
+        # YAML 1.1 reads a bare `no` / `yes` as a boolean: `save_strategy: no` means "no"
+        value = "yes" if value else "no"
     if value in allowed and not (isinstance(value, bool) and True in allowed and 1 in allowed):
         return value
     if isinstance(value, str):

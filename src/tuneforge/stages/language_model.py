@@ -109,7 +109,8 @@ def train_language_model(config: Any) -> int:
     if args.do_predict and data.eval is not None and data.eval_kind == "unsupervised":
         from tuneforge.training.predict import predict
 
-        metrics = predict(trainer, data.eval, tokenizer, config.generation)
+        scores = predict(trainer, data.eval, tokenizer, config.generation)
+        metrics = {f"predict_{name}": value for name, value in scores.items()}  # LF's names
         trainer.log_metrics("predict", metrics)
         trainer.save_metrics("predict", metrics)
     return 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from tuneforge.distributed import cpu_only_distributed
 from tuneforge.errors import ConfigError
 
 logger = logging.getLogger("tuneforge")
@@ -25,6 +26,7 @@ def effective_training_arguments(config: Any) -> Any:
             if values.get(precision):
                 logger.warning("No CUDA device: %s is off, training runs in float32.", precision)
                 values[precision] = False
+    values["use_cpu"] = values.get("use_cpu") or cpu_only_distributed()  # else no DDP on CPU
     # Our batches carry example boundaries and shifted targets the model must not drop.
     values["remove_unused_columns"] = False
     values["label_names"] = ["labels"]
