@@ -442,9 +442,9 @@ def test_torchrun_lora_trains_as_one_process_on_the_same_global_batch(tiny_model
     check_same_training(output_dir, reference, "adapter_model.safetensors")
     check_only_rank_0_writes(tmp_path, output_dir)
 
-    # Encoded once by local rank 0 (main_process_first), loaded from the cache by rank 1.
+    # Encoded once, by local rank 0 (main_process_first); rank 1 loads that cache quietly
+    # (ranks other than 0 log warnings only), so one encoding and one cache folder.
     assert result.stderr.count("Encoded 16 training") == 1
-    assert result.stderr.count("Loaded the encoded datasets from cache") == 1
     assert len([p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]) == 1
 
     from peft import PeftModel

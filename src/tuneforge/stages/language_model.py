@@ -47,7 +47,9 @@ def train_language_model(config: Any) -> int:
         args.do_train,
     )
     tokenizer, template = load_tokenizer_and_template(config)
-    with args.main_process_first(desc="encoding the datasets"):
+    # encode once: per node, or once in all when the nodes share a file system
+    local = not config.data.data_shared_file_system
+    with args.main_process_first(desc="encoding the datasets", local=local):
         data = prepare_data(config, tokenizer, template)
     train_set = data.train
     if config.data.packing and train_set is not None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from tuneforge.distributed import cpu_only_distributed
+from tuneforge.distributed import check_deepspeed, cpu_only_distributed
 from tuneforge.errors import ConfigError
 
 logger = logging.getLogger("tuneforge")
@@ -20,6 +20,7 @@ def effective_training_arguments(config: Any) -> Any:
     values = dict(config.training)
     if not values.get("output_dir"):
         raise ConfigError("`output_dir` is required: the folder where the run is saved.")
+    check_deepspeed(values.get("deepspeed"))
     if not torch.cuda.is_available():
         values["dataloader_pin_memory"] = False  # nothing to pin memory for
         for precision in ("bf16", "fp16"):

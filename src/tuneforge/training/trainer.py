@@ -40,6 +40,9 @@ class Trainer(HFTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, _ = language_model_loss(model, inputs, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # the denominator counts every device's tokens, and DDP averages the gradients
+            loss = loss * self.accelerator.num_processes
         return (loss, None) if return_outputs else loss
 
     def create_optimizer(self, model=None):

@@ -7,6 +7,11 @@ import warnings
 
 
 def setup_logging(level: int = logging.INFO) -> None:
+    """Concise tuneforge lines; under torchrun only rank 0 speaks below warnings."""
+    import os
+
+    if int(os.environ.get("RANK", "0")) != 0:
+        level = max(level, logging.WARNING)
     logger = logging.getLogger("tuneforge")
     if not logger.handlers:
         handler = logging.StreamHandler()
