@@ -116,7 +116,8 @@ def _encode_supervised(examples, template, tokenize, options):
         turns = list(zip(ids[0::2], ids[1::2]))
         if options.mask_history and len(turns) > 1 and _length(turns) > options.cutoff_len:
             example, texts, turns = _drop_leading_turns(example, template, tokenize, options)
-        tail = _prompt_tail(texts[0], example.messages[0].content, tokenize)
+        fits = _length(turns) <= options.cutoff_len  # the common case: no tail needed
+        tail = 0 if fits else _prompt_tail(texts[0], example.messages[0].content, tokenize)
         fitted = fit_turns(turns, options.cutoff_len, tail)
         if fitted is None:
             report.dropped["longer than cutoff_len"] += 1

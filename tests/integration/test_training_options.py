@@ -1,0 +1,132 @@
+"""Options around training on the tiny model: LoRA variants, adapters continued or stacked,
+evaluation with accuracy, RoPE scaling, TensorBoard logs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import DATA_DIR
+from tuneforge.config.loader import build_config
+from tuneforge.stages import run_stage
+
+pytestmark = pytest.mark.slow
+
+
+def run(tiny_model_dir, out, **keys):
+    config = build_config(
+        {
+            "model_name_or_path": str(tiny_model_dir),
+            "template": "qwen",
+            "dataset_dir": str(DATA_DIR),
+            "dataset": "identity",
+            "cutoff_len": 128,
+            "do_train": True,
+            "output_dir": str(out),
+            "data_cache_dir": str(out.parent / "cache"),
+            "per_device_train_batch_size": 4,
+            "learning_rate": 1e-2,
+            "max_steps": 4,
+            "logging_steps": 1,
+            "save_strategy": "no",
+            "report_to": "none",
+            "disable_gradient_checkpointing": True,
+            "finetuning_type": "lora",
+            **keys,
+        }
+    )
+    assert run_stage(config) == 0
+    return out
+
+
+def adapter_config(out):
+    return json.loads((out / "adapter_config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    ("keys", "check"),
+    [
+        ({"use_rslora": True}, lambda c, w: c["use_rslora"] is True),
+        ({"use_dora": True}, lambda c, w: c["use_dora"] and any("magnitude" in n for n in w)),
+        (
+            {"lora_target": "q_proj,v_proj"},
+            lambda c, w: sorted(c["target_modules"]) == ["q_proj", "v_proj"],
+        ),
+        ({"loraplus_lr_ratio": 16.0}, lambda c, w: c["r"] == 8),
+        ({"lora_rank": 4, "lora_alpha": 32}, lambda c, w: (c["r"], c["lora_alpha"]) == (4, 32)),
+    ],
+)
+def test_lora_variants(tiny_model_dir, tmp_path, keys, check):
+    out = run(tiny_model_dir, tmp_path / "out", **keys)
+    assert check(adapter_config(out), load_file(out / "adapter_model.safetensors"))
+
+
+def test_loraplus_trains_b_faster_than_a(tiny_model_dir, tmp_path):
+    """LoRA+ gives B matrices ratio x the learning rate: after one step from B = 0, B moved
+    and A moved; with a large ratio B moves much more than with plain LoRA."""
+    plain = load_file(
+        run(tiny_model_dir, tmp_path / "plain", max_steps=1) / "adapter_model.safetensors"
+    )
+    plus = load_file(
+        run(tiny_model_dir, tmp_path / "plus", max_steps=1, loraplus_lr_ratio=16.0)
+        / "adapter_model.safetensors"
+    )
+    b = [n for n in plain if "lora_B" in n]
+    moved_plain = sum(plain[n].abs().sum() for n in b)
+    moved_plus = sum(plus[n].abs().sum() for n in b)
+    assert moved_plus > 8 * moved_plain
+
+
+def test_adapters_continue_and_stack(tiny_model_dir, tmp_path):
+    first = run(tiny_model_dir, tmp_path / "first")
+    continued = run(tiny_model_dir, tmp_path / "continued", adapter_name_or_path=str(first))
+    assert adapter_config(continued)["r"] == 8  # the same adapter, trained further
+    stacked = run(
+        tiny_model_dir,
+        tmp_path / "stacked",
+        adapter_name_or_path=str(first),
+        create_new_adapter=True,
+        lora_rank=4,
+    )
+    assert adapter_config(stacked)["r"] == 4  # a new adapter on top of the merged first
+
+
+def test_evaluation_reports_loss_and_accuracy(tiny_model_dir, tmp_path):
+    out = run(
+        tiny_model_dir,
+        tmp_path / "out",
+        val_size=8,
+        do_eval=True,
+        eval_strategy="steps",
+        eval_steps=2,
+        compute_accuracy=True,
+        per_device_eval_batch_size=4,
+    )
+    results = json.loads((out / "all_results.json").read_text())
+    assert results["eval_loss"] > 0 and 0 <= results["eval_accuracy"] <= 1
+    log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert any("eval_loss" in line for line in log)
+
+
+def test_rope_scaling_extends_positions(tiny_model_dir, tmp_path):
+    out = run(
+        tiny_model_dir,
+        tmp_path / "out",
+        finetuning_type="full",
+        rope_scaling="linear",
+        cutoff_len=4096,
+    )
+    config = json.loads((out / "config.json").read_text())
+    assert config["max_position_embeddings"] == 4096  # 2048 x ceil(4096 / 2048)
+    assert config["rope_parameters"]["rope_type"] == "linear"
+    assert config["rope_parameters"]["factor"] == 2.0
+
+
+def test_tensorboard_logs_out_of_the_box(tiny_model_dir, tmp_path):
+    out = run(
+        tiny_model_dir, tmp_path / "out", report_to="tensorboard", logging_dir=str(tmp_path / "tb")
+    )
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+    assert (out / "adapter_model.safetensors").is_file()
