@@ -49,7 +49,9 @@ def test_version_and_env():
         (("data", "preview", "missing.yaml"), "config file missing.yaml does not exist"),
         (("data", "preview", "CONFIG", "learnig_rate=1"), "Did you mean: `learning_rate`"),
         (("data", "preview", "CONFIG", "model_name_or_path=/nowhere/model"), "does not exist"),
-        (("train", "CONFIG"), "not available in this version yet"),
+        (("chat", "CONFIG"), "not available in this version yet"),
+        (("train", "CONFIG", "stage=rm", "output_dir=out"), "`stage: rm` is not available"),
+        (("train", "CONFIG"), "`output_dir` is required"),
     ],
 )
 def test_user_errors_exit_2_without_traceback(tmp_path, args, expected):
