@@ -30,3 +30,24 @@ def tiny_tokenizer(tiny_model_dir):
 def data_cache(tmp_path) -> Path:
     """An empty encoded-dataset cache for one test."""
     return tmp_path / "encoded"
+
+
+def training_config(model_dir: Path, output_dir: Path, **keys):
+    """A short sft run of a tiny model on the project's identity data; `keys` override."""
+    from tuneforge.config.loader import build_config
+
+    base = {
+        "model_name_or_path": str(model_dir),
+        "template": "qwen",
+        "dataset_dir": str(DATA_DIR),
+        "dataset": "identity",
+        "cutoff_len": 128,
+        "do_train": True,
+        "output_dir": str(output_dir),
+        "data_cache_dir": str(output_dir.parent / "cache"),
+        "per_device_train_batch_size": 4,
+        "logging_steps": 1,
+        "save_strategy": "no",
+        "report_to": "none",
+    }
+    return build_config({**base, **keys})

@@ -13,8 +13,7 @@ import math
 import pytest
 import torch
 
-from conftest import DATA_DIR
-from tuneforge.config.loader import build_config
+from conftest import training_config
 from tuneforge.stages import run_stage
 
 pytestmark = [
@@ -24,28 +23,14 @@ pytestmark = [
 
 
 def train(tiny_model_dir, tmp_path, **keys):
-    config = build_config(
-        {
-            "model_name_or_path": str(tiny_model_dir),
-            "template": "qwen",
-            "dataset_dir": str(DATA_DIR),
-            "dataset": "identity",
-            "cutoff_len": 128,
-            "do_train": True,
-            "output_dir": str(tmp_path / "out"),
-            "data_cache_dir": str(tmp_path / "cache"),
-            "per_device_train_batch_size": 8,
-            "learning_rate": 5e-3,
-            "max_steps": 20,
-            "logging_steps": 1,
-            "save_strategy": "no",
-            "report_to": "none",
-            "finetuning_type": "full",
-            "bf16": True,
-            **keys,
-        }
-    )
-    assert run_stage(config) == 0
+    defaults = {
+        "per_device_train_batch_size": 8,
+        "learning_rate": 5e-3,
+        "max_steps": 20,
+        "finetuning_type": "full",
+        "bf16": True,
+    }
+    assert run_stage(training_config(tiny_model_dir, tmp_path / "out", **{**defaults, **keys})) == 0
     lines = (tmp_path / "out" / "trainer_log.jsonl").read_text().splitlines()
     return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
 

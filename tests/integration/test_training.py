@@ -13,34 +13,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import DATA_DIR
-from tuneforge.config.loader import build_config
+from conftest import training_config
 from tuneforge.stages import run_stage
 
 pytestmark = pytest.mark.slow
 
 
 def config(tiny_model_dir, tmp_path, **keys):
-    base = {
-        "model_name_or_path": str(tiny_model_dir),
-        "template": "qwen",
-        "dataset_dir": str(DATA_DIR),
-        "dataset": "identity",
-        "cutoff_len": 128,
-        "do_train": True,
-        "output_dir": str(tmp_path / "out"),
-        "data_cache_dir": str(tmp_path / "cache"),
-        "per_device_train_batch_size": 4,
+    defaults = {
         "learning_rate": 5e-3,
         "max_steps": 30,
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "report_to": "none",
-        "disable_gradient_checkpointing": True,
         "lora_rank": 8,
         "seed": 0,
+        "disable_gradient_checkpointing": True,
     }
-    return build_config({**base, **keys})
+    return training_config(tiny_model_dir, tmp_path / "out", **{**defaults, **keys})
 
 
 @pytest.fixture(scope="module")

@@ -8,36 +8,20 @@ import json
 import pytest
 from safetensors.torch import load_file
 
-from conftest import DATA_DIR
-from tuneforge.config.loader import build_config
+from conftest import training_config
 from tuneforge.stages import run_stage
 
 pytestmark = pytest.mark.slow
 
 
 def run(tiny_model_dir, out, **keys):
-    config = build_config(
-        {
-            "model_name_or_path": str(tiny_model_dir),
-            "template": "qwen",
-            "dataset_dir": str(DATA_DIR),
-            "dataset": "identity",
-            "cutoff_len": 128,
-            "do_train": True,
-            "output_dir": str(out),
-            "data_cache_dir": str(out.parent / "cache"),
-            "per_device_train_batch_size": 4,
-            "learning_rate": 1e-2,
-            "max_steps": 4,
-            "logging_steps": 1,
-            "save_strategy": "no",
-            "report_to": "none",
-            "disable_gradient_checkpointing": True,
-            "finetuning_type": "lora",
-            **keys,
-        }
-    )
-    assert run_stage(config) == 0
+    defaults = {
+        "learning_rate": 1e-2,
+        "max_steps": 4,
+        "finetuning_type": "lora",
+        "disable_gradient_checkpointing": True,
+    }
+    assert run_stage(training_config(tiny_model_dir, out, **{**defaults, **keys})) == 0
     return out
 
 
