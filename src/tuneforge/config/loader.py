@@ -227,7 +227,7 @@ def write_resolved(config: Config, output_dir: str | Path, training_values: Mapp
     with the full set of effective training values when the caller has built them."""
     sections = config.flat()
     if training_values is not None:
-        sections["training"] = {k: v for k, v in training_values.items() if k in training_values}
+        sections["training"] = dict(training_values)
     output = Path(output_dir)
     output.mkdir(parents=True, exist_ok=True)
     lines = [f"# Every effective value of this run (from {config.source}).", ""]

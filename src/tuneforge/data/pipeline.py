@@ -80,7 +80,13 @@ def prepare_data(config: Any, tokenizer: Any, template: Any) -> PreparedData:
     kind, eval_kind = stage_kinds(
         config.finetuning.stage, bool(config.training.get("predict_with_generate"))
     )
-    folder = _cache_folder(config, kind, eval_kind, tokenizer, template)
+    # With tokenized_path, LLaMA-Factory ignores the catalogue when the saved dataset exists.
+    specs = None if data.tokenized_path else resolve_specs(data)
+    folder = (
+        Path(data.tokenized_path)
+        if data.tokenized_path
+        else _cache_folder(config, kind, eval_kind, tokenizer, template, specs)
+    )
     if not data.overwrite_cache and (cached := cache.load(folder)) is not None:
         splits, report = cached
         source = "tokenized_path" if data.tokenized_path else "cache"
@@ -89,10 +95,14 @@ def prepare_data(config: Any, tokenizer: Any, template: Any) -> PreparedData:
         return PreparedData(splits.get("train"), splits.get("eval"), kind, eval_kind, report)
 
     started = time.perf_counter()
-    train_examples, reports = load_examples(data.dataset or [], data, kind, config.seed)
+    specs = specs or resolve_specs(data)
+    train_examples, reports = load_examples(
+        [specs[name] for name in data.dataset or []], data, kind, config.seed
+    )
     eval_examples: list[Example] = []
     if data.eval_dataset:
-        eval_examples, eval_reports = load_examples(data.eval_dataset, data, eval_kind, config.seed)
+        eval_specs = [specs[name] for name in data.eval_dataset]
+        eval_examples, eval_reports = load_examples(eval_specs, data, eval_kind, config.seed)
         reports += eval_reports
     elif data.val_size > 0:
         train_examples, eval_examples = split(train_examples, data.val_size, config.seed)
@@ -124,13 +134,18 @@ def prepare_data(config: Any, tokenizer: Any, template: Any) -> PreparedData:
     return PreparedData(splits.get("train"), splits.get("eval"), kind, eval_kind, report)
 
 
+def resolve_specs(data: Any) -> dict[str, DatasetSpec]:
+    """The catalogue entry of every training and evaluation dataset, by name."""
+    names = dict.fromkeys([*(data.dataset or []), *(data.eval_dataset or [])])
+    return {name: resolve(name, data.dataset_dir) for name in names}
+
+
 def load_examples(
-    names: Sequence[str], data: Any, kind: Kind, seed: int
+    specs: Sequence[DatasetSpec], data: Any, kind: Kind, seed: int
 ) -> tuple[list[Example], list[DatasetReport]]:
-    """Reads and converts each named dataset, then mixes them."""
+    """Reads and converts each dataset, then mixes them."""
     per_dataset, reports = [], []
-    for name in names:
-        spec = resolve(name, data.dataset_dir)
+    for spec in specs:
         rows = read_rows(spec, data.dataset_dir)
         examples, report = convert_rows(rows, spec, kind, data.skip_bad_rows)
         if spec.num_samples:
@@ -264,19 +279,19 @@ def _features(kind: Kind) -> Any:
     )
 
 
-def _cache_folder(config: Any, kind: Kind, eval_kind: Kind, tokenizer: Any, template: Any) -> Path:
+def _cache_folder(
+    config: Any,
+    kind: Kind,
+    eval_kind: Kind,
+    tokenizer: Any,
+    template: Any,
+    specs: dict[str, DatasetSpec],
+) -> Path:
     data = config.data
-    if data.tokenized_path:
-        return Path(data.tokenized_path)
-    specs, paths = [], []
-    for name in [*(data.dataset or []), *(data.eval_dataset or [])]:
-        spec = resolve(name, data.dataset_dir)
-        specs.append(asdict(spec))
-        if spec.file_name:
-            paths.append(Path(data.dataset_dir) / spec.file_name)
+    paths = [Path(data.dataset_dir) / s.file_name for s in specs.values() if s.file_name]
     parts = {
         "kinds": [kind, eval_kind],
-        "datasets": specs,
+        "datasets": [asdict(spec) for spec in specs.values()],
         "files": cache.file_fingerprints(paths),
         "template": repr(template),
         "tokenizer": cache.tokenizer_fingerprint(tokenizer),

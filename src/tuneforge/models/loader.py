@@ -12,7 +12,7 @@ import torch
 
 from tuneforge.errors import ConfigError
 from tuneforge.models.attention import attention_implementation
-from tuneforge.models.tokenizer import _from_pretrained
+from tuneforge.models.tokenizer import load_pretrained
 
 logger = logging.getLogger("tuneforge")
 
@@ -46,7 +46,7 @@ def load_config(model: Any, cutoff_len: int | None) -> Any:
     factor is ceil(cutoff_len / max_position_embeddings), and only when it is needed)."""
     from transformers import AutoConfig
 
-    hf_config = _from_pretrained(AutoConfig, model.model_name_or_path, _hub_kwargs(model), "config")
+    hf_config = load_pretrained(AutoConfig, model.model_name_or_path, _hub_kwargs(model), "config")
     if model.rope_scaling and cutoff_len:
         _scale_rope(hf_config, model.rope_scaling, cutoff_len)
     if model.moe_aux_loss_coef is not None and hasattr(hf_config, "router_aux_loss_coef"):
@@ -106,11 +106,15 @@ def load_model(
         "attn_implementation": attention_implementation(model.flash_attn, device_type()),
         **_hub_kwargs(model),
     }
-    if model.train_from_scratch:
-        kwargs.pop("revision"), kwargs.pop("cache_dir"), kwargs.pop("token")
-        loaded = AutoModelForCausalLM.from_config(**kwargs)
+    if model.train_from_scratch:  # random weights: only the config and the code are needed
+        loaded = AutoModelForCausalLM.from_config(
+            hf_config,
+            dtype=dtype,
+            attn_implementation=kwargs["attn_implementation"],
+            trust_remote_code=model.trust_remote_code,
+        )
     else:
-        loaded = _from_pretrained(AutoModelForCausalLM, model.model_name_or_path, kwargs, "model")
+        loaded = load_pretrained(AutoModelForCausalLM, model.model_name_or_path, kwargs, "model")
     if liger:
         apply_liger_kernel(loaded)
     _fit_vocabulary(loaded, tokenizer, model.resize_vocab)
@@ -138,13 +142,11 @@ def _check_accelerations(model: Any, training: Any | None) -> bool:
     """Refuses accelerations that cannot run here; returns whether Liger kernels apply."""
     import importlib.util
 
-    if model.use_unsloth and importlib.util.find_spec("unsloth") is None:
-        raise ConfigError(
-            "`use_unsloth: true` needs the unsloth package (pip install unsloth); tuneforge's "
-            "own padding-free batching and kernels already give most of its speed."
-        )
     if model.use_unsloth:
-        raise ConfigError("`use_unsloth` is not supported by tuneforge yet; remove it.")
+        raise ConfigError(
+            "`use_unsloth` is not supported by tuneforge yet (installed or not); remove it: "
+            "tuneforge's own padding-free batching already gives much of its speed."
+        )
     liger = model.enable_liger_kernel or (training is not None and training.use_liger_kernel)
     if liger:
         if importlib.util.find_spec("liger_kernel") is None:

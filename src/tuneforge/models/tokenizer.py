@@ -28,7 +28,7 @@ def load_tokenizer(model: Any) -> Any:
         "trust_remote_code": model.trust_remote_code,
         "split_special_tokens": model.split_special_tokens,
     }
-    tokenizer = _from_pretrained(AutoTokenizer, name, kwargs, "tokenizer")
+    tokenizer = load_pretrained(AutoTokenizer, name, kwargs, "tokenizer")
     if model.add_tokens:
         tokenizer.add_tokens(list(model.add_tokens))
     if model.add_special_tokens:
@@ -39,7 +39,7 @@ def load_tokenizer(model: Any) -> Any:
     return tokenizer
 
 
-def _from_pretrained(loader: Any, name: str, kwargs: dict[str, Any], what: str) -> Any:
+def load_pretrained(loader: Any, name: str, kwargs: dict[str, Any], what: str) -> Any:
     """`loader.from_pretrained(name)` with errors a user can act on."""
     local = Path(name).expanduser()
     if local.exists():
