@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[test,metrics]"
+	$(PY) -m pip install -q -e ".[test,metrics,api,web]"
 	touch $(STAMP)
 
 # The main job: a real fine-tune of a tiny model built offline, on CPU, in a minute or two;

@@ -163,7 +163,7 @@ def test_interrupted_run_resumes_with_the_same_data_order(tiny_model_dir, tmp_pa
     assert run_stage(straight) == 0
     expected = logged_losses(tmp_path / "straight" / "out")
 
-    import tuneforge.stages.language_model as language_model
+    import tuneforge.stages.runner as runner
     from tuneforge.training.callbacks import StopOnSignalCallback
 
     class CtrlCAtStep3(StopOnSignalCallback):
@@ -172,11 +172,11 @@ def test_interrupted_run_resumes_with_the_same_data_order(tiny_model_dir, tmp_pa
                 os.kill(os.getpid(), signal.SIGINT)  # a real signal through the real handler
 
     interrupted = config(tiny_model_dir, tmp_path / "resumed", **keys)
-    monkeypatch.setattr(language_model, "StopOnSignalCallback", CtrlCAtStep3)
-    assert run_stage(interrupted) == language_model.INTERRUPTED
+    monkeypatch.setattr(runner, "StopOnSignalCallback", CtrlCAtStep3)
+    assert run_stage(interrupted) == runner.INTERRUPTED
     out = tmp_path / "resumed" / "out"
     assert (out / "checkpoint-4" / "tuneforge_complete").is_file()
-    monkeypatch.setattr(language_model, "StopOnSignalCallback", StopOnSignalCallback)
+    monkeypatch.setattr(runner, "StopOnSignalCallback", StopOnSignalCallback)
     assert run_stage(interrupted) == 0  # resumes from checkpoint-4 on its own
     resumed = logged_losses(out)
     assert len(resumed) == 8

@@ -21,40 +21,46 @@ import torch
 from tuneforge.data.encode import IGNORE_INDEX
 
 
+def padding_free_row(sequences: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
+    """One padding-free row from (input_ids, labels) pairs, labels shifted within each one."""
+    input_ids: list[int] = []
+    targets: list[int] = []
+    positions: list[int] = []
+    for ids, labels in sequences:
+        input_ids += ids
+        targets += [*labels[1:], IGNORE_INDEX]
+        positions += range(len(ids))
+    lengths = [len(ids) for ids, _ in sequences]
+    cu_seq_lens = torch.tensor([0, *lengths]).cumsum(0, dtype=torch.int32)
+    shift_labels = torch.tensor([targets])
+    longest = max(lengths)
+    return {
+        "input_ids": torch.tensor([input_ids]),
+        "position_ids": torch.tensor([positions]),
+        # `labels` is what the Trainer looks for; both hold the already-shifted targets
+        "labels": shift_labels,
+        "shift_labels": shift_labels,
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens,
+        "max_length_q": longest,
+        "max_length_k": longest,
+    }
+
+
 @dataclass(frozen=True)
 class PaddingFreeCollator:
     """Collates encoded examples ({input_ids, labels?, lengths?}) into one packed row."""
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        input_ids: list[int] = []
-        targets: list[int] = []
-        positions: list[int] = []
-        lengths: list[int] = []
+        sequences: list[tuple[list[int], list[int]]] = []
         for feature in features:
             ids = list(feature["input_ids"])
             labels = list(feature["labels"]) if "labels" in feature else ids  # pretraining
             start = 0
             for length in feature.get("lengths") or [len(ids)]:
-                end = start + length
-                input_ids += ids[start:end]
-                targets += [*labels[start + 1 : end], IGNORE_INDEX]
-                positions += range(length)
-                lengths.append(length)
-                start = end
-        cu_seq_lens = torch.tensor([0, *lengths]).cumsum(0, dtype=torch.int32)
-        shift_labels = torch.tensor([targets])
-        longest = max(lengths)
-        return {
-            "input_ids": torch.tensor([input_ids]),
-            "position_ids": torch.tensor([positions]),
-            # `labels` is what the Trainer looks for; both hold the already-shifted targets
-            "labels": shift_labels,
-            "shift_labels": shift_labels,
-            "cu_seq_lens_q": cu_seq_lens,
-            "cu_seq_lens_k": cu_seq_lens,
-            "max_length_q": longest,
-            "max_length_k": longest,
-        }
+                sequences.append((ids[start : start + length], labels[start : start + length]))
+                start += length
+        return padding_free_row(sequences)
 
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -39,3 +39,19 @@ def language_model_loss(
     losses, keep = token_losses(model, batch)
     denominator = num_items_in_batch if num_items_in_batch is not None else max(keep.numel(), 1)
     return losses.sum() / denominator, keep.numel()
+
+
+def sequence_log_probs(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed log-probability of each sequence's trained tokens, and their counts.
+
+    For a padding-free row of several sequences (e.g. a PairwiseCollator batch): returns
+    (log_probs [num_sequences], token_counts [num_sequences]). Logits are computed at trained
+    positions only.
+    """
+    losses, keep = token_losses(model, batch)
+    lengths = batch["cu_seq_lens_q"].diff().long()
+    owner = torch.repeat_interleave(torch.arange(len(lengths), device=keep.device), lengths)[keep]
+    log_probs = torch.zeros(len(lengths), dtype=losses.dtype, device=losses.device)
+    log_probs = log_probs.index_add(0, owner, -losses)
+    counts = torch.bincount(owner, minlength=len(lengths))
+    return log_probs, counts

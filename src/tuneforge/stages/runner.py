@@ -1,0 +1,137 @@
+"""The steps every training stage shares, in the order a stage calls them:
+
+    run = prepare_run(config)                      # arguments, seed, resume point, tokenizer, data
+    model = load_trainable_model(config, run)      # model + full/freeze/lora, resolved.yaml
+    trainer = SomeTrainer(..., callbacks=standard_callbacks(config, run, model, train_set))
+    return train_and_evaluate(trainer, run)        # train (Ctrl-C safe), save, metrics, eval
+
+A stage module (pt, sft, rm, dpo, kto, ppo) picks its Trainer, collator and extra models in
+between; nothing else is stage-specific.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tuneforge.adapters import apply_method, parameter_counts
+from tuneforge.config.loader import write_resolved
+from tuneforge.data.pipeline import PreparedData, prepare_data
+from tuneforge.models.loader import load_model
+from tuneforge.models.tokenizer import fit_tokenizer_to_template, load_tokenizer
+from tuneforge.templates import template_for
+from tuneforge.training.arguments import effective_training_arguments
+from tuneforge.training.callbacks import JsonlLogCallback, LossPlotCallback, StopOnSignalCallback
+from tuneforge.training.checkpoints import CheckpointCompleteCallback, resolve_resume
+from tuneforge.training.summary import SummaryCallback
+
+logger = logging.getLogger("tuneforge")
+INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
+
+
+@dataclass
+class PreparedRun:
+    """What a stage needs before it builds its model and Trainer."""
+
+    config: Any
+    args: Any  # transformers' Seq2SeqTrainingArguments, as effective on this machine
+    resume: str | bool | None
+    tokenizer: Any
+    template: Any
+    data: PreparedData
+    stopper: StopOnSignalCallback
+
+
+def load_tokenizer_and_template(config: Any) -> tuple[Any, Any]:
+    """The tokenizer, fitted to the template's stop words, and the template bound to it."""
+    tokenizer = load_tokenizer(config.model)
+    template = template_for(config.data, tokenizer)
+    fit_tokenizer_to_template(tokenizer, template.stop_words, template.replace_eos)
+    template = template_for(config.data, tokenizer)  # bound again: the EOS may have changed
+    tokenizer.chat_template = template.chat_template  # saved with every checkpoint
+    return tokenizer, template
+
+
+def prepare_run(config: Any) -> PreparedRun:
+    """Training arguments, seed, resume point, tokenizer and template, encoded data."""
+    from transformers import set_seed
+
+    args = effective_training_arguments(config)
+    set_seed(args.seed)
+    resume = resolve_resume(
+        args.output_dir,
+        args.resume_from_checkpoint,
+        config.extras.overwrite_output_dir,
+        args.do_train,
+    )
+    tokenizer, template = load_tokenizer_and_template(config)
+    # encode once: per node, or once in all when the nodes share a file system
+    local = not config.data.data_shared_file_system
+    with args.main_process_first(desc="encoding the datasets", local=local):
+        data = prepare_data(config, tokenizer, template)
+    return PreparedRun(config, args, resume, tokenizer, template, data, StopOnSignalCallback())
+
+
+def load_trainable_model(config: Any, run: PreparedRun) -> Any:
+    """The model with its finetuning method applied; writes resolved.yaml."""
+    model = load_model(
+        config.model,
+        run.tokenizer,
+        run.template.stop_words,
+        training=run.args,
+        cutoff_len=config.data.cutoff_len,
+    )
+    model = apply_method(
+        model, config.finetuning, config.model.adapter_name_or_path, config.finetuning.pure_bf16
+    )
+    if run.args.should_save:
+        write_resolved(config, run.args.output_dir, run.args.to_dict())
+    return model
+
+
+def standard_callbacks(
+    config: Any, run: PreparedRun, model: Any, train_set: Any, plot_keys: tuple[str, ...] = ()
+) -> list[Any]:
+    """Summary, trainer_log.jsonl, checkpoint markers, Ctrl-C handling and the loss plot.
+
+    `plot_keys` adds a stage's own metrics (e.g. rewards/accuracies) to the loss plot.
+    """
+    callbacks = [
+        SummaryCallback(config, parameter_counts(model), train_set),
+        JsonlLogCallback(run.args.output_dir),
+        CheckpointCompleteCallback(),
+        run.stopper,
+    ]
+    if config.finetuning.plot_loss:
+        callbacks.append(LossPlotCallback(run.args.output_dir, ("loss", "eval_loss", *plot_keys)))
+    return callbacks
+
+
+def train_and_evaluate(trainer: Any, run: PreparedRun) -> int:
+    """Trains (stopping cleanly on Ctrl-C/SIGTERM), saves, writes metrics, then evaluates.
+
+    Returns the process exit code: 0, or INTERRUPTED after a stop with a resumable checkpoint.
+    """
+    args = run.args
+    if args.do_train:
+        try:
+            result = trainer.train(resume_from_checkpoint=run.resume)
+        finally:
+            run.stopper.restore()  # a crashed train() never reaches on_train_end
+        if run.stopper.interrupted:
+            logger.warning(
+                "Stopped at step %d with a checkpoint in %s; run the same command to resume.",
+                trainer.state.global_step,
+                args.output_dir,
+            )
+            return INTERRUPTED
+        trainer.save_model()
+        trainer.save_state()
+        trainer.log_metrics("train", result.metrics)
+        trainer.save_metrics("train", result.metrics)
+    if args.do_eval and trainer.eval_dataset is not None:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return 0
