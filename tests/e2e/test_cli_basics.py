@@ -49,8 +49,8 @@ def test_version_and_env():
         (("data", "preview", "missing.yaml"), "config file missing.yaml does not exist"),
         (("data", "preview", "CONFIG", "learnig_rate=1"), "Did you mean: `learning_rate`"),
         (("data", "preview", "CONFIG", "model_name_or_path=/nowhere/model"), "does not exist"),
-        (("chat", "CONFIG"), "not available in this version yet"),
-        (("train", "CONFIG", "stage=rm", "output_dir=out"), "`stage: rm` is not available"),
+        (("chat", "CONFIG"), "neither a local folder nor in the Hugging Face cache"),
+        (("train", "CONFIG", "stage=grpo", "output_dir=out"), "got 'grpo', expected one of"),
         (("train", "CONFIG"), "`output_dir` is required"),
     ],
 )

@@ -81,3 +81,14 @@ def test_flash_attention_2_trains(tiny_model_dir, tmp_path):
 def test_liger_kernels_train(tiny_model_dir, tmp_path):
     losses = train(tiny_model_dir, tmp_path, enable_liger_kernel=True)
     assert sum(losses[-5:]) < 0.9 * sum(losses[:5])
+
+
+@pytest.mark.skipif(importlib.util.find_spec("bitsandbytes") is None, reason="bitsandbytes absent")
+@pytest.mark.parametrize("bits", [4, 8])
+def test_qlora_trains_on_a_quantized_base(tiny_model_dir, tmp_path, bits):
+    losses = train(
+        tiny_model_dir, tmp_path, finetuning_type="lora", quantization_bit=bits, learning_rate=1e-2
+    )
+    assert sum(losses[-5:]) < 0.9 * sum(losses[:5])
+    adapter = tmp_path / "out" / "adapter_model.safetensors"
+    assert adapter.is_file()

@@ -114,3 +114,18 @@ def test_tensorboard_logs_out_of_the_box(tiny_model_dir, tmp_path):
     )
     assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
     assert (out / "adapter_model.safetensors").is_file()
+
+
+def test_quantization_is_never_silently_ignored(tiny_model_dir, tmp_path):
+    """QLoRA needs bitsandbytes and a CUDA GPU: without them the run stops with what to do."""
+    import importlib.util
+
+    import torch
+
+    from tuneforge.errors import UserError
+
+    if importlib.util.find_spec("bitsandbytes") and torch.cuda.is_available():
+        pytest.skip("bitsandbytes and a GPU are present: tests/integration/test_gpu.py covers it")
+    config = training_config(tiny_model_dir, tmp_path / "out", quantization_bit=4, max_steps=1)
+    with pytest.raises(UserError, match=r"quantization_bit: 4.*(tuneforge\[qlora\]|CUDA GPU)"):
+        run_stage(config)

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "webchat": ("webchat", "chat with a model in the browser"),
     "webui": ("webui", "the web workbench: train, evaluate, chat and export"),
     "api": ("api", "serve a model behind an OpenAI-compatible API"),
-    "export": ("export", "merge adapters, shard safetensors, write GGUF"),
+    "export": ("export", "merge adapters, write safetensors shards and an Ollama Modelfile"),
     "eval": ("evaluate", "evaluate a model on a benchmark"),
     "data": ("data", "inspect datasets: preview encoded examples and statistics"),
     "env": ("env", "print library versions and devices, for bug reports"),

@@ -11,7 +11,7 @@ from tuneforge.config.base import key
 @dataclass(frozen=True)
 class ExportConfig:
     export_dir: str | None = key(None, "where `tuneforge export` writes the model")
-    export_size: int = key(5, "largest safetensors shard, in GB")
+    export_size: float = key(5, "largest weight shard, in GB (10^9 bytes; fractions allowed)")
     export_device: Literal["cpu", "auto"] = key("cpu", "device used to merge")
     export_quantization_bit: int | None = key(None, "GPTQ bits at export")
     export_quantization_dataset: str | None = key(None, "GPTQ calibration dataset")

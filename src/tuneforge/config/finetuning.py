@@ -88,6 +88,10 @@ class FinetuningConfig:
     reward_model_quantization_bit: int | None = key(None, "quantize the reward model (4/8)")
     reward_model_type: Literal["lora", "full", "api"] = key("lora", "how the reward model loads")
     ld_alpha: float | None = key(None, "LD-DPO alpha")
+    # tuneforge's own key (TRL's name)
+    precompute_ref_log_probs: bool = key(
+        False, "dpo/kto: score the data with the reference once, before training"
+    )
     # GaLore, APOLLO, BAdam
     use_galore: bool = key(False, "GaLore", not_yet=GALORE)
     galore_target: list[str] = key(["all"], "GaLore modules", not_yet=GALORE)

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, NotAvailableError
 from tuneforge.models.attention import attention_implementation
 from tuneforge.models.tokenizer import load_pretrained
 
@@ -105,6 +105,7 @@ def load_model(
         "dtype": dtype,
         "attn_implementation": attention_implementation(model.flash_attn, device_type()),
         **_hub_kwargs(model),
+        **quantization_kwargs(model, dtype, training is not None),
     }
     if model.train_from_scratch:  # random weights: only the config and the code are needed
         loaded = AutoModelForCausalLM.from_config(
@@ -136,6 +137,42 @@ def load_model(
         if model.use_reentrant_gc:
             loaded.enable_input_require_grads()  # reentrant checkpoints need a grad-requiring input
     return loaded
+
+
+def quantization_kwargs(model: Any, dtype: torch.dtype, training: bool) -> dict[str, Any]:
+    """from_pretrained arguments that load the base model quantized by bitsandbytes (QLoRA)."""
+    import importlib.util
+
+    bits = model.quantization_bit
+    if bits is None:
+        return {}
+    if model.quantization_method != "bnb":
+        raise NotAvailableError(
+            f"`quantization_method: {model.quantization_method}` is not available yet; "
+            "on-the-fly quantization uses bitsandbytes (`quantization_method: bnb`)."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise NotAvailableError(
+            f"`quantization_bit: {bits}` needs bitsandbytes: pip install 'tuneforge[qlora]'."
+        )
+    if device_type() != "cuda":
+        raise ConfigError(f"`quantization_bit: {bits}` (bitsandbytes) needs a CUDA GPU.")
+    from transformers import BitsAndBytesConfig
+
+    if bits == 8:
+        quantization = BitsAndBytesConfig(load_in_8bit=True)
+    else:
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_compute_dtype=dtype,
+            bnb_4bit_use_double_quant=model.double_quantization,
+            bnb_4bit_quant_type=model.quantization_type,
+        )
+    # training: the whole model on this process's GPU; inference may spread it over several
+    device_map = "auto" if model.quantization_device_map == "auto" and not training else None
+    if device_map is None:
+        device_map = {"": torch.cuda.current_device()}
+    return {"quantization_config": quantization, "device_map": device_map}
 
 
 def _check_accelerations(model: Any, training: Any | None) -> bool:

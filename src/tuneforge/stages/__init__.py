@@ -7,7 +7,14 @@ from typing import Any
 
 from tuneforge.errors import NotAvailableError
 
-STAGES = {"pt": "tuneforge.stages.pt", "sft": "tuneforge.stages.sft"}
+STAGES = {
+    "pt": "tuneforge.stages.pt",
+    "sft": "tuneforge.stages.sft",
+    "rm": "tuneforge.stages.rm",
+    "ppo": "tuneforge.stages.ppo",
+    "dpo": "tuneforge.stages.dpo",
+    "kto": "tuneforge.stages.kto",
+}
 
 
 def run_stage(config: Any) -> int:

@@ -23,9 +23,13 @@ class SummaryCallback(TrainerCallback):
             return
         examples = tokens = 0
         if self.train_set is not None:
-            lengths = [len(ids) for ids in self.train_set["input_ids"]]
-            tokens = sum(lengths)
             column = self.train_set.column_names
+            # preference sets hold prompt_ids, chosen_ids ... rather than input_ids
+            id_columns = [c for c in column if c.endswith("_ids")]
+            id_columns = ["input_ids"] if "input_ids" in column else id_columns
+            rows = zip(*(self.train_set[name] for name in id_columns))
+            lengths = [sum(len(ids) for ids in row) for row in rows]
+            tokens = sum(lengths)
             examples = (
                 sum(len(row) for row in self.train_set["lengths"])
                 if "lengths" in column

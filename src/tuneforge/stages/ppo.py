@@ -1,0 +1,44 @@
+"""`stage: ppo`: the policy (LoRA, freeze or full) learns from a reward model's scores of its own
+sampled answers to the dataset's prompts, kept near the reference by a KL penalty. output_dir
+holds the policy (adapter or full weights) and its critic's value_head.safetensors."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tuneforge.errors import NotAvailableError
+from tuneforge.stages.rm import starting_value_head
+from tuneforge.stages.runner import (
+    load_trainable_model,
+    prepare_run,
+    standard_callbacks,
+    train_and_evaluate,
+)
+
+
+def run(config: Any) -> int:
+    from tuneforge.models.value_head import ModelWithValueHead
+    from tuneforge.training.ppo import PPOTrainer
+    from tuneforge.training.ppo_models import reference, reward_scorer
+
+    if config.data.eval_dataset or config.data.val_size > 0:
+        raise NotAvailableError(
+            "`stage: ppo` does not evaluate yet; remove `eval_dataset` / `val_size`."
+        )
+    run = prepare_run(config)
+    language_model = load_trainable_model(config, run)
+    policy = ModelWithValueHead(language_model, starting_value_head(config, language_model))
+    callbacks = standard_callbacks(config, run, policy, run.data.train, ("reward",))
+    policy.to(run.args.device)
+    trainer = PPOTrainer(
+        model=policy,
+        args=run.args,
+        train_dataset=run.data.train,
+        processing_class=run.tokenizer,
+        callbacks=callbacks,
+        finetuning=config.finetuning,
+        generation=config.generation,
+        reward=reward_scorer(config, run, policy),
+        reference=reference(config, run, policy),
+    )
+    return train_and_evaluate(trainer, run)

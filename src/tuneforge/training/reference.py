@@ -1,0 +1,188 @@
+"""The reference model of DPO and KTO: which weights score the reference log-probabilities.
+
+- LoRA without `ref_model`: the policy itself with its adapters disabled (peft's
+  `disable_adapter()`), so no second copy of the weights is ever loaded.
+- full/freeze: `ref_model` (with `ref_model_adapters` merged into it), or else a frozen copy of
+  the starting model (`model_name_or_path`), loaded in the training compute dtype.
+- With `precompute_ref_log_probs` and no `ref_model`, full/freeze load no copy either: the
+  policy scores the whole dataset once before its first step, which is exactly the starting model.
+- Reference-free losses (orpo, simpo) load nothing.
+
+A separate reference model never trains: it is loaded for inference (eval mode, no gradients).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+
+from tuneforge.errors import ConfigError, ModelError, NotAvailableError
+from tuneforge.training.preference_losses import REFERENCE_FREE
+
+logger = logging.getLogger("tuneforge")
+
+
+@dataclasses.dataclass
+class Reference:
+    """Where reference log-probabilities come from.
+
+    `model` is a separate frozen model, or None when the policy is its own reference: with its
+    LoRA adapters disabled, or (full/freeze with precomputed log-probs) as it is before training.
+    """
+
+    model: Any | None = None
+
+
+def uses_reference(finetuning: Any) -> bool:
+    """Whether the stage's loss compares against a reference model."""
+    return finetuning.stage == "kto" or finetuning.pref_loss not in REFERENCE_FREE
+
+
+def load_reference(config: Any, run: Any) -> Reference | None:
+    """The reference for `config` (None for the reference-free losses orpo and simpo).
+
+    Args:
+        config: the run's Config.
+        run: the PreparedRun (tokenizer, template, training arguments).
+
+    Returns:
+        A Reference, or None when the loss needs none.
+    """
+    finetuning = config.finetuning
+    _check_reference_keys(finetuning)
+    if not uses_reference(finetuning):
+        return None
+    if finetuning.ref_model:
+        return Reference(
+            load_frozen_model(
+                config,
+                run,
+                finetuning.ref_model,
+                finetuning.ref_model_adapters,
+                finetuning.ref_model_quantization_bit,
+            )
+        )
+    if finetuning.finetuning_type == "lora":
+        logger.info("Reference model: the policy with its LoRA adapters disabled.")
+        return Reference()
+    if finetuning.precompute_ref_log_probs:
+        logger.info("Reference model: the starting weights, scored once before training.")
+        return Reference()
+    logger.info("Reference model: a frozen copy of %s.", config.model.model_name_or_path)
+    return Reference(load_frozen_model(config, run, config.model.model_name_or_path))
+
+
+def _check_reference_keys(finetuning: Any) -> None:
+    """Refuses reference keys that would be ignored."""
+    for name in ("ref_model", "precompute_ref_log_probs"):
+        if not uses_reference(finetuning) and getattr(finetuning, name):
+            raise ConfigError(
+                f"`{name}` is not used by `pref_loss: {finetuning.pref_loss}` (a reference-free "
+                "loss); remove it, or choose sigmoid, hinge or ipo."
+            )
+    if not finetuning.ref_model:
+        for name in ("ref_model_adapters", "ref_model_quantization_bit"):
+            if getattr(finetuning, name):
+                raise ConfigError(f"`{name}` applies to `ref_model`, which is not set.")
+
+
+def load_frozen_model(
+    config: Any,
+    run: Any,
+    path: str,
+    adapters: list[str] | None = None,
+    quantization_bit: int | None = None,
+) -> Any:
+    """A model for scoring only (eval mode, no gradients) in the training compute dtype, with
+    `adapters` merged into its weights."""
+    from tuneforge.models.loader import DTYPES, compute_dtype, load_model
+
+    if quantization_bit is not None:
+        _refuse_quantization(quantization_bit)
+    dtype = compute_dtype(run.args, config.model)
+    dtype_name = next(name for name, value in DTYPES.items() if value == dtype)
+    model_config = dataclasses.replace(
+        config.model, model_name_or_path=path, adapter_name_or_path=None, infer_dtype=dtype_name
+    )
+    try:
+        model = load_model(
+            model_config, run.tokenizer, run.template.stop_words, cutoff_len=config.data.cutoff_len
+        )
+    except ModelError as error:
+        raise ModelError(f"reference model ({path}): {error}") from None
+    for adapter in adapters or []:
+        model = _merge_adapter(model, adapter)
+    return model.requires_grad_(False).eval()
+
+
+def _merge_adapter(model: Any, path: str) -> Any:
+    from peft import PeftModel
+
+    try:
+        merged = PeftModel.from_pretrained(model, path).merge_and_unload()
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"`ref_model_adapters`: cannot load the adapter at {path}: {error}"
+        ) from None
+    logger.info("Merged adapter %s into the reference model.", path)
+    return merged
+
+
+def _refuse_quantization(bits: int) -> None:
+    import importlib.util
+
+    if not torch.cuda.is_available():
+        raise NotAvailableError(
+            f"`ref_model_quantization_bit: {bits}` needs a CUDA GPU (bitsandbytes); remove it to "
+            "load the reference model unquantized."
+        )
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise NotAvailableError(
+            f"`ref_model_quantization_bit: {bits}` needs bitsandbytes: pip install bitsandbytes, "
+            "or remove the key."
+        )
+    raise NotAvailableError(
+        f"`ref_model_quantization_bit: {bits}`: quantized model loading is not available in this "
+        "version of tuneforge yet; remove the key to load the reference model unquantized."
+    )
+
+
+@contextmanager
+def scoring(model: Any) -> Iterator[Any]:
+    """`model` in eval mode under no_grad for the block: no dropout, no activation
+    checkpointing, nothing kept for a backward pass."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@contextmanager
+def scoring_as_reference(reference: Reference, policy: Any) -> Iterator[Any]:
+    """The model that scores as the reference, for the duration of the block.
+
+    Args:
+        reference: from `load_reference`.
+        policy: the (unwrapped) model being trained.
+    """
+    if reference.model is not None:
+        with scoring(reference.model) as model:
+            yield model
+        return
+    adapters_off = policy.disable_adapter() if _is_peft(policy) else nullcontext()
+    with adapters_off, scoring(policy) as model:
+        yield model
+
+
+def _is_peft(model: Any) -> bool:
+    from peft import PeftModel
+
+    return isinstance(model, PeftModel)
