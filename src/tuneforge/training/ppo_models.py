@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import torch
 
-from tuneforge.errors import ModelError, NotAvailableError
+from tuneforge.errors import ModelError
 from tuneforge.models.value_head import ModelWithValueHead, require_value_head, sequence_scores
 from tuneforge.training.collate import padding_free_row
 from tuneforge.training.loss import token_losses
@@ -141,17 +141,13 @@ def load_frozen_model(config: Any, run: Any, path: str, adapters: list[str] | No
 def reward_scorer(config: Any, run: Any, policy: ModelWithValueHead) -> RewardScorer:
     """The reward model `config.finetuning` names, ready to score rollouts."""
     finetuning = config.finetuning
-    if finetuning.reward_model_quantization_bit is not None:
-        raise NotAvailableError(
-            "`reward_model_quantization_bit` is not supported by tuneforge yet; remove it."
-        )
     kind, path = finetuning.reward_model_type, finetuning.reward_model
     if kind == "api":
         return ApiRewardScorer(path, run.tokenizer)
     if kind == "lora":
         return AdapterRewardScorer(policy, path)
     adapters = finetuning.reward_model_adapters
-    model = load_frozen_model(config, run, path, adapters)
+    model = load_frozen_model(config, run, path, adapters, finetuning.reward_model_quantization_bit)
     head = require_value_head(adapters[-1] if adapters else path, "reward_model")
     head = head.to(device=run.args.device, dtype=model.dtype)
     return ModelRewardScorer(ModelWithValueHead(model, head))
@@ -177,12 +173,15 @@ def reference(config: Any, run: Any, policy: ModelWithValueHead) -> ReferenceLog
     finetuning = config.finetuning
     if finetuning.finetuning_type == "lora":
         return ReferenceLogProbs(policy, None)
-    if finetuning.ref_model_quantization_bit is not None:
-        raise NotAvailableError(
-            "`ref_model_quantization_bit` is not supported by tuneforge yet; remove it."
-        )
     path = finetuning.ref_model or config.model.model_name_or_path
     logger.info("Reference model for the KL penalty: %s", path)
     return ReferenceLogProbs(
-        policy, load_frozen_model(config, run, path, finetuning.ref_model_adapters)
+        policy,
+        load_frozen_model(
+            config,
+            run,
+            path,
+            finetuning.ref_model_adapters,
+            finetuning.ref_model_quantization_bit,
+        ),
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from tuneforge.errors import ConfigError, ModelError, NotAvailableError
+from tuneforge.errors import ConfigError, ModelError
 from tuneforge.training.preference_losses import REFERENCE_FREE
 
 logger = logging.getLogger("tuneforge")
@@ -102,12 +102,14 @@ def load_frozen_model(
     `adapters` merged into its weights."""
     from tuneforge.models.loader import DTYPES, compute_dtype, load_model
 
-    if quantization_bit is not None:
-        _refuse_quantization(quantization_bit)
     dtype = compute_dtype(run.args, config.model)
     dtype_name = next(name for name, value in DTYPES.items() if value == dtype)
     model_config = dataclasses.replace(
-        config.model, model_name_or_path=path, adapter_name_or_path=None, infer_dtype=dtype_name
+        config.model,
+        model_name_or_path=path,
+        adapter_name_or_path=None,
+        infer_dtype=dtype_name,
+        quantization_bit=quantization_bit,  # bitsandbytes, through load_model (needs CUDA)
     )
     try:
         model = load_model(
@@ -131,25 +133,6 @@ def _merge_adapter(model: Any, path: str) -> Any:
         ) from None
     logger.info("Merged adapter %s into the reference model.", path)
     return merged
-
-
-def _refuse_quantization(bits: int) -> None:
-    import importlib.util
-
-    if not torch.cuda.is_available():
-        raise NotAvailableError(
-            f"`ref_model_quantization_bit: {bits}` needs a CUDA GPU (bitsandbytes); remove it to "
-            "load the reference model unquantized."
-        )
-    if importlib.util.find_spec("bitsandbytes") is None:
-        raise NotAvailableError(
-            f"`ref_model_quantization_bit: {bits}` needs bitsandbytes: pip install bitsandbytes, "
-            "or remove the key."
-        )
-    raise NotAvailableError(
-        f"`ref_model_quantization_bit: {bits}`: quantized model loading is not available in this "
-        "version of tuneforge yet; remove the key to load the reference model unquantized."
-    )
 
 
 @contextmanager
