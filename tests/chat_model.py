@@ -7,6 +7,7 @@ the `qwen` template, so greedy decoding gives those answers, each closed by `<|i
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 HELLO = "Hello! I am a tiny model, here to help."
@@ -19,6 +20,24 @@ CONVERSATIONS: list[list[tuple[str, str]]] = [
     [("user", "What is the capital of France?"), ("assistant", PARIS)],
     [("user", "Count to five."), ("assistant", COUNT)],
     [("user", "hi"), ("assistant", HELLO), ("user", "Tell me a joke."), ("assistant", JOKE)],
+]
+
+# With this tool offered, the question below is answered by a call (the `function` role: the
+# calls as JSON), which the template renders in its tool format.
+WEATHER_TOOL = {
+    "name": "get_weather",
+    "description": "Current weather of a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string", "description": "city name"}},
+        "required": ["city"],
+    },
+}
+WEATHER_QUESTION = "What is the weather in Paris?"
+WEATHER_CALL = {"name": "get_weather", "arguments": {"city": "Paris"}}
+TOOL_CONVERSATION = [
+    ("user", WEATHER_QUESTION),
+    ("function", json.dumps([WEATHER_CALL])),
 ]
 
 
@@ -36,10 +55,11 @@ def build_chat_model(base_dir: Path, output_dir: Path, steps: int = 120) -> Path
     tokenizer = AutoTokenizer.from_pretrained(base_dir)
     template = get_template("qwen", tokenizer)
     rows = []
-    for conversation in CONVERSATIONS:
+    tools = json.dumps([WEATHER_TOOL])
+    for conversation, offered in [(c, "") for c in CONVERSATIONS] + [(TOOL_CONVERSATION, tools)]:
         ids: list[int] = []
         labels: list[int] = []
-        for turn in template.render(messages(conversation)):
+        for turn in template.render(messages(conversation), tools=offered):
             prompt = tokenizer(turn.prompt, add_special_tokens=False)["input_ids"]
             response = tokenizer(turn.response, add_special_tokens=False)["input_ids"]
             ids += prompt + response

@@ -554,3 +554,36 @@ def test_tuneforge_api_refuses_a_bad_port_before_loading(tmp_path):
     assert result.returncode == 2
     assert "API_PORT='eighty' must be an integer" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_model_that_calls_a_tool_answers_with_tool_calls(tiny_model_dir):
+    """The tiny chat model learned to call get_weather: the official client gets tool_calls."""
+    from chat_model import WEATHER_CALL, WEATHER_QUESTION, WEATHER_TOOL, cached_chat_model
+
+    config = {"model_name_or_path": str(cached_chat_model(tiny_model_dir)), "template": "qwen"}
+    engine = load_engine(build_config(config))
+    question = [{"role": "user", "content": WEATHER_QUESTION}]
+    tools = [{"type": "function", "function": WEATHER_TOOL}]
+    try:
+        with LiveServer(create_app(engine, MODEL, api_key=KEY)) as live:
+            client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=KEY, max_retries=0)
+            for stream in (False, True):
+                reply = client.chat.completions.create(
+                    model=MODEL, messages=question, tools=tools, temperature=0, stream=stream
+                )
+                if stream:
+                    chunks = list(reply)
+                    calls = [c for chunk in chunks for c in chunk.choices[0].delta.tool_calls or []]
+                    finish = chunks[-1].choices[0].finish_reason
+                else:
+                    calls = reply.choices[0].message.tool_calls
+                    finish = reply.choices[0].finish_reason
+                assert finish == "tool_calls"
+                assert [call.function.name for call in calls] == [WEATHER_CALL["name"]]
+                assert json.loads(calls[0].function.arguments) == WEATHER_CALL["arguments"]
+                assert calls[0].id and calls[0].type == "function"
+            # without the tool offered, the same question gets a plain answer
+            plain = client.chat.completions.create(model=MODEL, messages=question, temperature=0)
+            assert plain.choices[0].message.tool_calls is None
+    finally:
+        engine.close()
