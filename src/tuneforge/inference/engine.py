@@ -8,7 +8,7 @@ Methods are synchronous and thread-safe; async front ends call them through a th
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +45,12 @@ class Engine(abc.ABC):
     """
 
     template: Any
+    tokenizer: Any
     is_reward_model: bool = False
 
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    @abc.abstractmethod
     def chat(
         self,
         messages: Messages,
@@ -75,8 +75,9 @@ class Engine(abc.ABC):
             ConfigError: an unknown generation key or a bad value.
             DataError: the messages do not alternate or do not end with a prompt turn.
         """
+        settings = self.settings(generation)
+        return self._answers(self.encode(messages, system, tools, settings), settings)
 
-    @abc.abstractmethod
     def stream_chat(
         self,
         messages: Messages,
@@ -90,6 +91,23 @@ class Engine(abc.ABC):
         iterator early stops the generation. The generator's return value (StopIteration.value)
         is the whole answer's Response, with its token counts and finish_reason.
         """
+        settings = self.settings(generation)
+        if settings.num_return_sequences != 1:
+            raise ConfigError(
+                "a streamed answer is a single answer: set num_return_sequences (n) to 1, "
+                "or ask without streaming."
+            )
+        return self._stream(self.encode(messages, system, tools, settings), settings)
+
+    @abc.abstractmethod
+    def _answers(self, prompt_ids: list[int], settings: GenerationSettings) -> list[Response]:
+        """`settings.num_return_sequences` answers to an encoded prompt."""
+
+    @abc.abstractmethod
+    def _stream(
+        self, prompt_ids: list[int], settings: GenerationSettings
+    ) -> Generator[str, None, Response]:
+        """Text pieces of one answer to an encoded prompt; returns its Response."""
 
     def get_scores(self, texts: Sequence[str], **kwargs: Any) -> list[float]:
         """Reward-model scores, one per text (the value head at each text's last token).
@@ -111,6 +129,13 @@ class Engine(abc.ABC):
     def settings(self, generation: Mapping[str, Any]) -> GenerationSettings:
         """The effective generation settings of one call."""
         return resolve_generation(self.config, generation)
+
+    def encode(
+        self, messages: Messages, system: str | None, tools: str | None, settings: Any
+    ) -> list[int]:
+        """The prompt's token ids."""
+        prompt = self.render(messages, system, tools, settings)
+        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def render(
         self,

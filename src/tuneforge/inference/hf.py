@@ -25,7 +25,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from tuneforge.errors import ConfigError, DataError, ModelError
-from tuneforge.inference.engine import Engine, Messages, Response
+from tuneforge.inference.engine import Engine, Response
 from tuneforge.inference.generation import GenerationSettings, TextAssembler, assemble
 from tuneforge.models.loader import device_type, load_model
 from tuneforge.stages.language_model import load_tokenizer_and_template
@@ -57,42 +57,11 @@ class HuggingFaceEngine(Engine):
 
     # ---- answers ----------------------------------------------------------------------
 
-    def chat(
-        self,
-        messages: Messages,
-        system: str | None = None,
-        tools: str | None = None,
-        **generation: Any,
-    ) -> list[Response]:
-        settings = self.settings(generation)
-        prompt_ids = self._encode(messages, system, tools, settings)
+    def _answers(self, prompt_ids: list[int], settings: GenerationSettings) -> list[Response]:
         budget = settings.token_budget(len(prompt_ids))
         with self._lock:
             rows = self._generate(prompt_ids, settings, budget)
         return [self._response(row, len(prompt_ids), settings) for row in rows]
-
-    def stream_chat(
-        self,
-        messages: Messages,
-        system: str | None = None,
-        tools: str | None = None,
-        **generation: Any,
-    ) -> Iterator[str]:
-        settings = self.settings(generation)
-        if settings.num_return_sequences != 1:
-            raise ConfigError(
-                "a streamed answer is a single answer: set num_return_sequences (n) to 1, "
-                "or ask without streaming."
-            )
-        prompt_ids = self._encode(messages, system, tools, settings)
-        budget = settings.token_budget(len(prompt_ids))
-        return self._stream(prompt_ids, settings, budget)
-
-    def _encode(
-        self, messages: Messages, system: str | None, tools: str | None, settings: Any
-    ) -> list[int]:
-        prompt = self.render(messages, system, tools, settings)
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _generate(
         self, prompt_ids: list[int], settings: GenerationSettings, budget: int
@@ -146,9 +115,9 @@ class HuggingFaceEngine(Engine):
         return row, False
 
     def _stream(
-        self, prompt_ids: list[int], settings: GenerationSettings, budget: int
+        self, prompt_ids: list[int], settings: GenerationSettings
     ) -> Generator[str, None, Response]:
-        """Yields text pieces; returns the whole answer's Response when it ends."""
+        budget = settings.token_budget(len(prompt_ids))
         with self._lock:
             if settings.num_beams > 1:  # transformers cannot stream beam search: one piece
                 row = self._generate(prompt_ids, settings, budget)[0]

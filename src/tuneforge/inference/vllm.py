@@ -15,11 +15,11 @@ import asyncio
 import queue
 import threading
 import uuid
-from collections.abc import Generator, Iterator
+from collections.abc import Generator
 from typing import Any
 
 from tuneforge.errors import ConfigError, NotAvailableError
-from tuneforge.inference.engine import Engine, Messages, Response
+from tuneforge.inference.engine import Engine, Response
 from tuneforge.inference.generation import GenerationSettings
 from tuneforge.stages.language_model import load_tokenizer_and_template
 
@@ -106,41 +106,10 @@ class VllmEngine(Engine):
     def _run(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def chat(
-        self,
-        messages: Messages,
-        system: str | None = None,
-        tools: str | None = None,
-        **generation: Any,
-    ) -> list[Response]:
-        settings = self.settings(generation)
-        prompt_ids = self._encode(messages, system, tools, settings)
+    def _answers(self, prompt_ids: list[int], settings: GenerationSettings) -> list[Response]:
         params = self._sampling_params(settings, settings.token_budget(len(prompt_ids)))
         final = self._run(self._final_output(prompt_ids, params))
         return [_response(output, len(prompt_ids)) for output in final.outputs]
-
-    def stream_chat(
-        self,
-        messages: Messages,
-        system: str | None = None,
-        tools: str | None = None,
-        **generation: Any,
-    ) -> Iterator[str]:
-        settings = self.settings(generation)
-        if settings.num_return_sequences != 1:
-            raise ConfigError(
-                "a streamed answer is a single answer: set num_return_sequences (n) to 1, "
-                "or ask without streaming."
-            )
-        prompt_ids = self._encode(messages, system, tools, settings)
-        params = self._sampling_params(settings, settings.token_budget(len(prompt_ids)))
-        return self._stream(prompt_ids, params)
-
-    def _encode(
-        self, messages: Messages, system: str | None, tools: str | None, settings: Any
-    ) -> list[int]:
-        prompt = self.render(messages, system, tools, settings)
-        return self.tokenizer(prompt, add_special_tokens=False)["input_ids"]
 
     def _sampling_params(self, settings: GenerationSettings, budget: int) -> Any:
         from vllm import SamplingParams
@@ -194,8 +163,10 @@ class VllmEngine(Engine):
         finally:
             pieces.put(_END)
 
-    def _stream(self, prompt_ids: list[int], params: Any) -> Generator[str, None, Response]:
-        """Yields text pieces; returns the whole answer's Response when it ends."""
+    def _stream(
+        self, prompt_ids: list[int], settings: GenerationSettings
+    ) -> Generator[str, None, Response]:
+        params = self._sampling_params(settings, settings.token_budget(len(prompt_ids)))
         pieces: queue.Queue = queue.Queue()
         future = asyncio.run_coroutine_threadsafe(
             self._produce(prompt_ids, params, pieces), self._loop
