@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install demo test lint clean
+.PHONY: install browser demo test lint clean
 
 install: $(STAMP)
 
@@ -16,7 +16,19 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH)"
 	$(PY) -m pip install -q -e ".[test,metrics,api,web]"
+	$(MAKE) --no-print-directory browser
 	touch $(STAMP)
+
+# The web UI's end-to-end test drives the system Chromium (Playwright downloads nothing). Where
+# none is installed, install Debian's package when we may (root + apt-get); else say that the
+# browser test will be skipped.
+APT_CHROMIUM := DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null
+browser:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || command -v google-chrome >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && { $(APT_CHROMIUM) || { apt-get update -q >/dev/null && $(APT_CHROMIUM); }; }; } \
+	  || echo "note: no Chromium found; install it (e.g. apt-get install chromium) to run the web UI browser test"
 
 # The main job: a real fine-tune of a tiny model built offline, on CPU, in a minute or two;
 # it asks the model "Who are you?" before and after training.

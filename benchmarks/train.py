@@ -145,8 +145,11 @@ def main() -> None:
         f"CLI start-up: `tuneforge --help` {startup_seconds([*tuneforge, '--help']):.2f} s, "
         f"`tuneforge version` {startup_seconds([*tuneforge, 'version']):.2f} s"
     )
+    overrides = args.overrides
+    if args.peer and args.config:  # with --peer every positional is an override
+        overrides = [args.config, *overrides]
     config = peer_config(args.peer, workdir) if args.peer else Path(args.config)
-    ours = run_tuneforge(config, args.overrides, workdir)
+    ours = run_tuneforge(config, overrides, workdir)
     rows = [("tuneforge", ours)]
     if args.peer:
         rows.append(("LLaMA-Factory 0.9.5", run_peer(args.peer, workdir)))

@@ -129,3 +129,49 @@ def test_quantization_is_never_silently_ignored(tiny_model_dir, tmp_path):
     config = training_config(tiny_model_dir, tmp_path / "out", quantization_bit=4, max_steps=1)
     with pytest.raises(UserError, match=r"quantization_bit: 4.*(tuneforge\[qlora\]|CUDA GPU)"):
         run_stage(config)
+
+
+def test_passes_of_at_most_cutoff_len_tokens_give_the_same_training(tiny_model_dir, tmp_path):
+    """Without checkpointing a batch runs in passes of <= cutoff_len tokens; the losses and the
+    trained weights equal one pass per batch (checked by forcing one pass)."""
+    from tuneforge.stages import language_model
+
+    keys = {
+        "max_steps": 4,
+        "finetuning_type": "full",
+        "learning_rate": 1e-3,
+        "disable_gradient_checkpointing": True,
+        "cutoff_len": 64,
+        "per_device_train_batch_size": 8,
+    }
+    from tuneforge.training import trainer
+
+    passes = []
+    real_split = trainer.split_row
+    trainer.split_row = lambda batch, budget: passes.append(real_split(batch, budget)) or passes[-1]
+    split = training_config(tiny_model_dir, tmp_path / "split" / "out", **keys)
+    try:
+        assert run_stage(split) == 0
+    finally:
+        trainer.split_row = real_split
+    assert len(passes) == 4 and all(len(rows) > 1 for rows in passes)  # really split
+    assert all(row["input_ids"].shape[1] <= 64 for rows in passes for row in rows)
+    original = language_model.pass_tokens
+    language_model.pass_tokens = lambda config, model: None
+    try:
+        whole = training_config(tiny_model_dir, tmp_path / "whole" / "out", **keys)
+        assert run_stage(whole) == 0
+    finally:
+        language_model.pass_tokens = original
+
+    def losses(out):
+        lines = (out / "trainer_log.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines if "loss" in json.loads(line)]
+
+    assert losses(tmp_path / "split" / "out") == pytest.approx(
+        losses(tmp_path / "whole" / "out"), rel=1e-5
+    )
+    trained = load_file(tmp_path / "split" / "out" / "model.safetensors")
+    reference = load_file(tmp_path / "whole" / "out" / "model.safetensors")
+    for name, value in trained.items():
+        assert (value - reference[name]).abs().max() < 1e-5, name

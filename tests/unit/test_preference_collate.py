@@ -54,3 +54,19 @@ def test_sequence_log_probs_equal_each_sequence_scored_alone(tiny_model_dir):
                 logits[len(prompt) - 1 + k, token].item() for k, token in enumerate(response)
             )
             assert abs(log_probs[index].item() - expected) < 1e-4
+
+
+def test_split_row_keeps_whole_examples_within_the_budget():
+    from tuneforge.training.collate import PaddingFreeCollator, split_row
+
+    examples = [{"input_ids": list(range(10 * k, 10 * k + n))} for k, n in enumerate([3, 4, 6, 2])]
+    batch = PaddingFreeCollator()(examples)
+    rows = split_row(batch, 7)
+    # 3+4 fit in 7; 6 alone; 2 joins nothing before it that fits (6+2 > 7)
+    assert [row["cu_seq_lens_q"].tolist() for row in rows] == [[0, 3, 7], [0, 6], [0, 2]]
+    assert sum(row["input_ids"].shape[1] for row in rows) == batch["input_ids"].shape[1]
+    assert rows[1]["input_ids"].tolist() == [[20, 21, 22, 23, 24, 25]]
+    assert rows[1]["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5]]
+    assert rows[0]["max_length_q"] == 4
+    # an example longer than the budget is a pass of its own
+    assert [row["input_ids"].shape[1] for row in split_row(batch, 2)] == [3, 4, 6, 2]

@@ -35,6 +35,7 @@ def train_language_model(config: Any) -> int:
         processing_class=run.tokenizer,
         callbacks=standard_callbacks(config, run, model, train_set),
         finetuning=config.finetuning,
+        max_pass_tokens=pass_tokens(config, model),
     )
     status = train_and_evaluate(trainer, run)
     if status == 0 and run.args.do_predict and data.eval_kind == "unsupervised":
@@ -53,3 +54,13 @@ def _predict(trainer: Any, run: Any) -> int:
     trainer.log_metrics("predict", metrics)
     trainer.save_metrics("predict", metrics)
     return 0
+
+
+def pass_tokens(config: Any, model: Any) -> int | None:
+    """Without gradient checkpointing, every activation of a pass is kept for backward, so
+    a batch goes through in passes of at most cutoff_len tokens: the peak memory of one long
+    example, whatever the batch size. With checkpointing, one pass (its kept activations are
+    small)."""
+    if model.is_activation_checkpointing:
+        return None
+    return config.data.cutoff_len

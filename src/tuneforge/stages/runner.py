@@ -18,12 +18,13 @@ from typing import Any
 from tuneforge.adapters import apply_method, parameter_counts
 from tuneforge.config.loader import write_resolved
 from tuneforge.data.pipeline import PreparedData, prepare_data
-from tuneforge.models.loader import load_model
+from tuneforge.models.loader import device_type, load_model
 from tuneforge.models.tokenizer import fit_tokenizer_to_template, load_tokenizer
 from tuneforge.templates import template_for
 from tuneforge.training.arguments import effective_training_arguments
 from tuneforge.training.callbacks import JsonlLogCallback, LossPlotCallback, StopOnSignalCallback
 from tuneforge.training.checkpoints import CheckpointCompleteCallback, resolve_resume
+from tuneforge.training.memory import fix_mmap_threshold
 from tuneforge.training.summary import SummaryCallback
 
 logger = logging.getLogger("tuneforge")
@@ -58,6 +59,8 @@ def prepare_run(config: Any) -> PreparedRun:
     from transformers import set_seed
 
     args = effective_training_arguments(config)
+    if device_type() == "cpu":
+        fix_mmap_threshold()  # big activations go back to the system when freed
     set_seed(args.seed)
     resume = resolve_resume(
         args.output_dir,

@@ -94,3 +94,32 @@ def pack_dataset(dataset: Any, capacity: int) -> Any:
             rows[name].append([token for i in members for token in values[name][i]])
         rows["lengths"].append([lengths[i] for i in members])
     return datasets.Dataset.from_dict(rows)
+
+
+def split_row(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
+    """A padding-free row cut into consecutive rows of whole examples, each of at most
+    `max_tokens` tokens (an example longer than that is a row of its own)."""
+    bounds = batch["cu_seq_lens_q"].tolist()
+    groups: list[list[int]] = [[0]]
+    for end in bounds[1:]:
+        if end - groups[-1][0] > max_tokens and groups[-1][-1] != groups[-1][0]:
+            groups.append([groups[-1][-1]])
+        groups[-1].append(end)
+    rows = []
+    for group in groups:
+        start, stop = group[0], group[-1]
+        cu_seq_lens = torch.tensor([end - start for end in group], dtype=torch.int32)
+        longest = int(cu_seq_lens.diff().max())
+        row = {
+            name: value[:, start:stop]
+            for name, value in batch.items()
+            if isinstance(value, torch.Tensor) and value.dim() == 2
+        }
+        row.update(
+            cu_seq_lens_q=cu_seq_lens,
+            cu_seq_lens_k=cu_seq_lens,
+            max_length_q=longest,
+            max_length_k=longest,
+        )
+        rows.append(row)
+    return rows

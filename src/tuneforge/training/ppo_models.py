@@ -16,7 +16,6 @@ the starting model.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import urllib.error
@@ -120,22 +119,16 @@ class ApiRewardScorer:
         return torch.tensor(scores, dtype=torch.float32)
 
 
-def load_frozen_model(config: Any, run: Any, path: str, adapters: list[str] | None) -> Any:
-    """A model for inference only: `path` with `adapters` merged into it."""
-    from tuneforge.models.loader import load_model
+def load_frozen_model(
+    config: Any, run: Any, path: str, adapters: list[str] | None, quantization_bit: int | None
+) -> Any:
+    """A model for scoring only (see reference.load_frozen_model), on the training device."""
+    from tuneforge.training.reference import load_frozen_model as load_frozen
 
-    model_config = dataclasses.replace(config.model, model_name_or_path=path)
-    model = load_model(model_config, run.tokenizer, run.template.stop_words)
-    if adapters:
-        from peft import PeftModel
-
-        for adapter in adapters:
-            try:
-                model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-            except (OSError, ValueError) as error:
-                raise ModelError(f"cannot load the adapter {adapter}: {error}") from None
-    model.requires_grad_(False)
-    return model.to(run.args.device).eval()
+    model = load_frozen(config, run, path, adapters, quantization_bit)
+    if getattr(model, "hf_device_map", None):  # quantized: placed by bitsandbytes already
+        return model
+    return model.to(run.args.device)
 
 
 def reward_scorer(config: Any, run: Any, policy: ModelWithValueHead) -> RewardScorer:

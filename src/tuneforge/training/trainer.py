@@ -3,11 +3,13 @@ padding-free batches, LoRA+ parameter groups, and token accuracy in evaluation."
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import torch
 from transformers import Trainer as HFTrainer
 
+from tuneforge.training.collate import split_row
 from tuneforge.training.loss import language_model_loss, token_losses
 from tuneforge.training.optimizers import loraplus_groups
 
@@ -16,15 +18,36 @@ class Trainer(HFTrainer):
     # compute_loss divides by the trained tokens of the whole accumulated batch itself
     loss_is_scaled_for_ga = True
 
-    def __init__(self, *args: Any, finetuning: Any = None, **kwargs: Any):
+    def __init__(
+        self,
+        *args: Any,
+        finetuning: Any = None,
+        max_pass_tokens: int | None = None,
+        **kwargs: Any,
+    ):
+        """`max_pass_tokens`: run each batch through the model in passes of at most this many
+        tokens (whole examples), which bounds the activations kept for backward without
+        changing the gradient; None: one pass per batch."""
         super().__init__(*args, **kwargs)
         self.finetuning = finetuning
+        self.max_pass_tokens = max_pass_tokens
         self._accuracy = torch.zeros(2, dtype=torch.long)  # correct, counted
         self._examples_seen = 0  # examples, not rows: a packed row holds several
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._examples_seen += len(inputs["cu_seq_lens_q"]) - 1
-        return super().training_step(model, inputs, num_items_in_batch)
+        budget = self.max_pass_tokens
+        if budget is None or inputs["input_ids"].shape[1] <= budget:
+            return super().training_step(model, inputs, num_items_in_batch)
+        # Each pass's loss is divided by the whole batch's trained tokens, so the summed
+        # gradients equal one pass over the batch; DDP syncs only on the last pass.
+        passes = split_row(inputs, budget)
+        loss = 0.0
+        for index, row in enumerate(passes):
+            last = index == len(passes) - 1
+            with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
+                loss = loss + super().training_step(model, row, num_items_in_batch)
+        return loss
 
     def train(self, *args: Any, **kwargs: Any):
         """transformers' train(), with examples and effective tokens per second added."""
