@@ -236,7 +236,7 @@ def test_lora_adapters_change_the_answer_like_peft(engine, chat_model_dir, tmp_p
         expected = _peft_greedy(chat_model_dir, adapters, prompt_ids, stop_id)
         assert answer.text == engine.tokenizer.decode(expected, skip_special_tokens=False)
         assert answer.text != HELLO
-    with pytest.raises(ModelError, match="adapter"):
+    with pytest.raises(ConfigError, match="`adapter_name_or_path`: folder .* does not exist"):
         load_engine(chat_config(chat_model_dir, adapter_name_or_path=[str(tmp_path / "none")]))
 
 

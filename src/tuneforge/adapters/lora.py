@@ -8,9 +8,12 @@ them are merged and a fresh adapter is trained on top (LLaMA-Factory's behaviour
 from __future__ import annotations
 
 import logging
+import warnings
+from pathlib import Path
 from typing import Any
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import ConfigError, ModelError
+from tuneforge.utils.hub import looks_like_path
 
 logger = logging.getLogger("tuneforge")
 
@@ -48,21 +51,52 @@ def _checked_targets(model: Any, targets: list[str]) -> list[str]:
 
 
 def apply_lora(model: Any, finetuning: Any, adapters: list[str] | None) -> Any:
-    from peft import PeftModel, get_peft_model
+    from peft import get_peft_model
 
     adapters = list(adapters or [])
     resume = None if finetuning.create_new_adapter or not adapters else adapters.pop()
     for path in adapters:
-        model = _load_adapter(PeftModel, model, path, trainable=False).merge_and_unload()
+        model = load_adapter(model, path).merge_and_unload()
         logger.info("Merged adapter %s into the base weights.", path)
     if resume is not None:
         logger.info("Loaded adapter %s; training goes on from it.", resume)
-        return _load_adapter(PeftModel, model, resume, trainable=True)
+        return load_adapter(model, resume, trainable=True)
     return get_peft_model(model, lora_config(finetuning, model))
 
 
-def _load_adapter(peft_model: Any, model: Any, path: str, trainable: bool) -> Any:
-    try:
-        return peft_model.from_pretrained(model, path, is_trainable=trainable)
-    except (OSError, ValueError) as error:
-        raise ConfigError(f"cannot load the adapter at {path}: {error}") from None
+def load_adapter(
+    model: Any,
+    path: str,
+    *,
+    trainable: bool = False,
+    subfolder: str | None = None,
+    key: str = "adapter_name_or_path",
+) -> Any:
+    """`model` wrapped in a PeftModel with the adapter at `path` (set by config key `key`).
+
+    Raises:
+        ConfigError: the adapter folder does not exist, or is a file.
+        ModelError: peft cannot load it, or its file lacks weights the model expects.
+    """
+    from peft import PeftModel
+
+    local = Path(path).expanduser()
+    if local.is_file():
+        raise ConfigError(f"`{key}`: {path} is a file; give the adapter's folder.")
+    if looks_like_path(path) and not local.exists():
+        raise ConfigError(f"`{key}`: folder {path} does not exist.")
+    kwargs = {"subfolder": subfolder} if subfolder else {}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            peft_model = PeftModel.from_pretrained(model, path, is_trainable=trainable, **kwargs)
+        except (OSError, ValueError, RuntimeError, KeyError) as error:
+            raise ModelError(f"`{key}`: cannot load the adapter at {path}: {error}") from None
+    for warning in caught:  # peft only warns when the file lacks weights: an error here
+        if "missing adapter keys" in str(warning.message):
+            raise ModelError(
+                f"`{key}`: the adapter at {path} does not hold weights for every layer it "
+                f"adapts ({str(warning.message)[:300]}...): was it trained for another base model?"
+            )
+        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
+    return peft_model

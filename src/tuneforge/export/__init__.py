@@ -51,6 +51,7 @@ def export_model(config: Any) -> ExportResult:
     from tuneforge.export import save
     from tuneforge.export.merge import load_merged_model
     from tuneforge.export.quantize import load_quantized
+    from tuneforge.models.loader import set_generation_stops
     from tuneforge.stages.language_model import load_tokenizer_and_template
 
     export, model_config = config.export, config.model
@@ -60,7 +61,7 @@ def export_model(config: Any) -> ExportResult:
         model, merges = load_quantized(config, tokenizer), []
     else:
         model, merges = load_merged_model(config, tokenizer, template)
-    stop_ids = save.set_generation_stops(model, tokenizer, template.stop_words)
+    stop_ids = set_generation_stops(model, tokenizer, template.stop_words)
     adapters = list(model_config.adapter_name_or_path or [])
     record = _record(config, template, model, merges)
 

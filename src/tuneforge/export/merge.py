@@ -16,16 +16,14 @@ Either failure raises a ModelError that says what went wrong.
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from tuneforge.errors import ConfigError, ModelError
-from tuneforge.utils.hub import looks_like_path
+from tuneforge.adapters.lora import load_adapter
+from tuneforge.errors import ModelError
 
 logger = logging.getLogger("tuneforge")
 
@@ -71,37 +69,6 @@ def probe_ids(tokenizer: Any, template: Any, device: torch.device) -> torch.Tens
     return torch.tensor([ids or [tokenizer.eos_token_id]], device=device)
 
 
-def load_adapter(model: Any, path: str, subfolder: str | None) -> Any:
-    """`model` wrapped in a PeftModel with the adapter at `path`, for inference.
-
-    Raises:
-        ConfigError: the adapter folder does not exist.
-        ModelError: peft cannot load it, or its file lacks weights the model expects.
-    """
-    from peft import PeftModel
-
-    local = Path(path).expanduser()
-    if local.is_file():
-        raise ConfigError(f"`adapter_name_or_path`: {path} is a file; give the adapter's folder.")
-    if looks_like_path(path) and not local.exists():
-        raise ConfigError(f"`adapter_name_or_path`: folder {path} does not exist.")
-    kwargs = {"subfolder": subfolder} if subfolder else {}
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        try:
-            peft_model = PeftModel.from_pretrained(model, path, is_trainable=False, **kwargs)
-        except (OSError, ValueError, RuntimeError, KeyError) as error:
-            raise ModelError(f"cannot load the adapter at {path}: {error}") from None
-    for warning in caught:  # peft only warns when the file lacks weights: an error here
-        if "missing adapter keys" in str(warning.message):
-            raise ModelError(
-                f"the adapter at {path} does not hold weights for every layer it adapts "
-                f"({str(warning.message)[:300]}...): was it trained for another base model?"
-            )
-        warnings.showwarning(warning.message, warning.category, warning.filename, warning.lineno)
-    return peft_model
-
-
 def merge_adapter(model: Any, path: str, probe: torch.Tensor, subfolder: str | None = None):
     """Merges the adapter at `path` into `model` and verifies the merge.
 
@@ -118,7 +85,7 @@ def merge_adapter(model: Any, path: str, probe: torch.Tensor, subfolder: str | N
         ModelError: the adapter changes nothing, the merged weights did not change where the
             adapter is non-zero, or the merged model's logits are not base + adapter.
     """
-    peft_model = load_adapter(model, path, subfolder)
+    peft_model = load_adapter(model, path, subfolder=subfolder)
     expectations, below_resolution = _expected_changes(peft_model)
     if not expectations:
         raise ModelError(_nothing_to_merge(path, below_resolution, _dtype(model)))

@@ -99,20 +99,6 @@ def _to_legacy_format(folder: Path) -> None:
         index.unlink()
 
 
-def set_generation_stops(model: Any, tokenizer: Any, stop_words: tuple[str, ...]) -> list[int]:
-    """The generation config's eos ids: the template's stop tokens (and the tokenizer's eos),
-    so that any transformers-based server stops where the template ends a turn."""
-    ids: list[int] = []
-    for word in (*stop_words, tokenizer.eos_token):
-        token = tokenizer.convert_tokens_to_ids(word) if word else None
-        if token is not None and token != tokenizer.unk_token_id and token not in ids:
-            ids.append(token)
-    if model.generation_config is not None and ids:
-        model.generation_config.eos_token_id = ids
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-    return ids
-
-
 def save_tokenizer(tokenizer: Any, template: Any, folder: Path) -> None:
     """The tokenizer, with the template's jinja chat_template."""
     tokenizer.chat_template = template.chat_template

@@ -17,14 +17,14 @@ import logging
 import queue
 import threading
 from collections.abc import Generator, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from tuneforge.errors import ConfigError, DataError, ModelError
+from tuneforge.adapters.lora import load_adapter
+from tuneforge.errors import ConfigError, DataError
 from tuneforge.inference.engine import Engine, Response
 from tuneforge.inference.generation import GenerationSettings, TextAssembler, assemble
 from tuneforge.models.loader import device_type, load_model
@@ -32,8 +32,6 @@ from tuneforge.stages.language_model import load_tokenizer_and_template
 
 logger = logging.getLogger("tuneforge")
 # LLaMA-Factory writes the .bin when save_safetensors is off
-VALUE_HEAD_FILES = ("value_head.safetensors", "value_head.bin")
-VALUE_HEAD_KEYS = ("v_head.summary.weight", "v_head.summary.bias")  # LLaMA-Factory's names
 SCORE_BATCH = 8
 
 
@@ -51,7 +49,7 @@ class HuggingFaceEngine(Engine):
         self.model = model
         eos = model.generation_config.eos_token_id
         self.stop_ids = set(eos if isinstance(eos, list) else [eos])
-        self.value_head = load_value_head(config.model, model)
+        self.value_head = find_value_head(config.model, model)
         self.is_reward_model = self.value_head is not None
         self._lock = threading.Lock()
 
@@ -208,7 +206,7 @@ class HuggingFaceEngine(Engine):
                 use_cache=False,
             )
             hidden = output.hidden_states[-1][torch.arange(len(batch), device=device), last]
-            values = self.value_head(hidden.to(self.value_head.weight.dtype)).squeeze(-1)
+            values = self.value_head(hidden)
         return values.float().tolist()
 
     def close(self) -> None:
@@ -277,52 +275,25 @@ def merge_adapters(model: Any, model_config: Any) -> Any:
 
     A quantized base cannot take merged weights: its (single) adapter stays a PeftModel.
     """
-    from peft import PeftModel
-
     paths = list(model_config.adapter_name_or_path or [])
-    where = {"subfolder": model_config.adapter_folder} if model_config.adapter_folder else {}
     for index, path in enumerate(paths):
-        try:
-            model = PeftModel.from_pretrained(model, path, is_trainable=False, **where)
-        except (OSError, ValueError) as error:
-            raise ModelError(f"cannot load the adapter at {path}: {error}") from None
+        model = load_adapter(model, path, subfolder=model_config.adapter_folder)
         if model_config.quantization_bit is None or index < len(paths) - 1:
             model = model.merge_and_unload()
         logger.info("Loaded adapter %s.", path)
     return model.eval()
 
 
-def load_value_head(model_config: Any, model: Any) -> torch.nn.Linear | None:
-    """The reward model's value head, when value_head.safetensors (or LLaMA-Factory's
-    value_head.bin) sits in the last adapter's folder or the model's folder; None for a plain
-    language model."""
+def find_value_head(model_config: Any, model: Any) -> Any:
+    """The reward model's value head (see models/value_head.py), from the last adapter's
+    folder or the model's; None for a plain language model."""
+    from tuneforge.models.value_head import load_value_head
+
     folders = [*(model_config.adapter_name_or_path or [])[-1:], model_config.model_name_or_path]
-    candidates = [Path(folder) / name for folder in folders for name in VALUE_HEAD_FILES]
-    path = next((candidate for candidate in candidates if candidate.is_file()), None)
-    if path is None:
-        return None
-    weights = _read_weights(path)
-    missing = [name for name in VALUE_HEAD_KEYS if name not in weights]
     hidden = model.config.get_text_config().hidden_size
-    if missing or tuple(weights[VALUE_HEAD_KEYS[0]].shape) != (1, hidden):
-        raise ModelError(
-            f"{path} is not a value head for this model: expected {', '.join(VALUE_HEAD_KEYS)} "
-            f"with weight shape (1, {hidden}); found {sorted(weights)}."
-        )
-    head = torch.nn.Linear(hidden, 1, dtype=model.dtype, device=model.device)
-    head.load_state_dict(
-        {"weight": weights[VALUE_HEAD_KEYS[0]], "bias": weights[VALUE_HEAD_KEYS[1]]}
-    )
-    logger.info("Loaded the value head from %s: this model scores texts.", path)
-    return head.requires_grad_(False).eval()
-
-
-def _read_weights(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # a pickle that is not a plain dict of tensors
-        raise ModelError(f"cannot read the value head {path}: {error}") from None
+    for folder in folders:
+        head = load_value_head(folder, hidden)
+        if head is not None:
+            logger.info("Loaded the value head from %s: this model scores texts.", folder)
+            return head.to(device=model.device, dtype=model.dtype).requires_grad_(False).eval()
+    return None

@@ -119,7 +119,7 @@ def load_model(
     if liger:
         apply_liger_kernel(loaded)
     _fit_vocabulary(loaded, tokenizer, model.resize_vocab)
-    _set_generation_tokens(loaded, tokenizer, stop_words)
+    set_generation_stops(loaded, tokenizer, stop_words)
     if training is None:
         loaded.requires_grad_(False)
         return loaded.eval()
@@ -217,9 +217,11 @@ def _fit_vocabulary(loaded: Any, tokenizer: Any, resize_vocab: bool) -> None:
         loaded.resize_token_embeddings(len(tokenizer), pad_to_multiple_of=64)
 
 
-def _set_generation_tokens(loaded: Any, tokenizer: Any, stop_words: tuple[str, ...]) -> None:
-    """Generation stops at the template's stop words and the tokenizer's EOS."""
-    ids = []
+def set_generation_stops(loaded: Any, tokenizer: Any, stop_words: tuple[str, ...]) -> list[int]:
+    """Generation stops at the template's stop words and the tokenizer's EOS (the generation
+    config's eos ids, so any transformers-based server stops where the template ends a turn);
+    returns those ids."""
+    ids: list[int] = []
     for word in (*stop_words, tokenizer.eos_token):
         token = tokenizer.convert_tokens_to_ids(word) if word else None
         if token is not None and token != tokenizer.unk_token_id and token not in ids:
@@ -227,6 +229,7 @@ def _set_generation_tokens(loaded: Any, tokenizer: Any, stop_words: tuple[str, .
     if loaded.generation_config is not None and ids:
         loaded.generation_config.eos_token_id = ids
         loaded.generation_config.pad_token_id = tokenizer.pad_token_id
+    return ids
 
 
 def _upcast_norms(loaded: Any) -> None:

@@ -110,11 +110,12 @@ def save_value_head(head: ValueHead, folder: str | Path) -> Path:
     return path
 
 
-def load_value_head(folder: str | Path) -> ValueHead | None:
+def load_value_head(folder: str | Path, hidden_size: int | None = None) -> ValueHead | None:
     """The value head saved in `folder` (ours or LLaMA-Factory's), or None if it has none.
 
     Raises:
-        ModelError: the file exists but lacks the value head's keys.
+        ModelError: the file exists but cannot be read, lacks the value head's keys, or (with
+            `hidden_size`) does not fit a model of that hidden size.
     """
     folder = Path(folder)
     tensors = _read_tensors(folder)
@@ -127,6 +128,11 @@ def load_value_head(folder: str | Path) -> ValueHead | None:
             "LLaMA-Factory?"
         )
     weight = tensors[WEIGHT_KEY].float()
+    if hidden_size is not None and weight.numel() != hidden_size:
+        raise ModelError(
+            f"{folder}: the value head's `{WEIGHT_KEY}` has shape {tuple(weight.shape)}, not "
+            f"(1, {hidden_size}) for this model's hidden size: a reward model of another model?"
+        )
     head = ValueHead(weight.shape[-1])
     head.summary.weight.data.copy_(weight.reshape(1, -1))
     head.summary.bias.data.copy_(tensors[BIAS_KEY].float().reshape(1))
@@ -139,7 +145,11 @@ def _read_tensors(folder: Path) -> dict[str, torch.Tensor] | None:
 
         return load_file(str(folder / VALUE_HEAD_FILE))
     if (folder / VALUE_HEAD_BIN).is_file():
-        return torch.load(folder / VALUE_HEAD_BIN, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(folder / VALUE_HEAD_BIN, map_location="cpu", weights_only=True)
+        except Exception as error:  # a pickle that is not a plain dict of tensors
+            path = folder / VALUE_HEAD_BIN
+            raise ModelError(f"cannot read the value head {path}: {error}") from None
     return None
 
 

@@ -123,14 +123,9 @@ def load_frozen_model(
 
 
 def _merge_adapter(model: Any, path: str) -> Any:
-    from peft import PeftModel
+    from tuneforge.adapters.lora import load_adapter
 
-    try:
-        merged = PeftModel.from_pretrained(model, path).merge_and_unload()
-    except (OSError, ValueError) as error:
-        raise ConfigError(
-            f"`ref_model_adapters`: cannot load the adapter at {path}: {error}"
-        ) from None
+    merged = load_adapter(model, path, key="ref_model_adapters").merge_and_unload()
     logger.info("Merged adapter %s into the reference model.", path)
     return merged
 
