@@ -9,6 +9,11 @@ run twice on the same model, data and settings: once unedited by LLaMA-Factory 0
 plus any key=value overrides). It prints examples/s, effective (non-pad) tokens/s, peak
 memory (max RSS), preprocessing time, the mean training loss over the last logged steps, and
 the ratios. CLI start-up times are printed too. Figures are measured, never asserted.
+
+The two systems' logged losses are not over the same tokens (LLaMA-Factory also trains the
+newline after a ChatML end-of-turn, which tuneforge's templates never train), so both trained
+models are also scored by `tuneforge train do_eval=true` on the first EVAL_EXAMPLES examples of
+the dataset: one encoding, the same tokens for both.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ REPO = Path(__file__).resolve().parent.parent
 PEER = REPO.parent / "shared" / "peer"
 PEER_HOME = Path(os.environ.get("PEER_DIR", Path.home() / ".cache" / "tuneforge-peer"))
 LAST_STEPS = 20  # the training loss is compared as the mean over the last logged steps
+EVAL_EXAMPLES = 200
 
 
 def timed(command: list[str], log: Path, env: dict | None = None) -> dict:
@@ -122,6 +128,38 @@ def run_peer(name: str, workdir: Path) -> dict:
     }
 
 
+def same_tokens_loss(config: Path, trained: Path, workdir: Path, label: str) -> float:
+    """eval_loss of the model (or LoRA adapter) in `trained` on the first EVAL_EXAMPLES
+    examples of the config's dataset, encoded by tuneforge."""
+    import yaml
+
+    keys = yaml.safe_load(config.read_text())
+    weights = (
+        "adapter_name_or_path" if keys.get("finetuning_type") == "lora" else ("model_name_or_path")
+    )
+    output_dir = workdir / f"eval-{label}"
+    command = [
+        sys.executable,
+        "-m",
+        "tuneforge",
+        "train",
+        str(config),
+        f"{weights}={trained}",
+        "do_train=false",
+        "do_eval=true",
+        "dataset=null",
+        f"eval_dataset={keys['dataset']}",
+        f"max_samples={EVAL_EXAMPLES}",
+        "packing=false",
+        "per_device_eval_batch_size=8",
+        f"output_dir={output_dir}",
+        f"data_cache_dir={workdir / 'cache'}",
+    ]
+    with (workdir / f"eval-{label}.log").open("w") as log:
+        subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
+    return json.loads((output_dir / "all_results.json").read_text())["eval_loss"]
+
+
 def peer_config(name: str, workdir: Path) -> Path:
     """The peer's YAML with its paths filled in, and nothing else changed."""
     text = (PEER / "configs" / f"{name}.yaml").read_text()
@@ -171,6 +209,17 @@ def main() -> None:
             f"ratios (tuneforge / LLaMA-Factory): examples/s "
             f"{ours['examples_per_s'] / peer['examples_per_s']:.2f}x, peak memory "
             f"{ours['rss_mb'] / peer['rss_mb']:.2f}x"
+        )
+        losses = [
+            same_tokens_loss(config, trained, workdir, label)
+            for label, trained in (
+                ("tuneforge", workdir / "tuneforge-out"),
+                ("peer", PEER_HOME / "out" / args.peer),
+            )
+        ]
+        print(
+            f"loss of each trained model on the same tokens (first {EVAL_EXAMPLES} examples, "
+            f"tuneforge's encoding): tuneforge {losses[0]:.4f}, LLaMA-Factory {losses[1]:.4f}"
         )
     print(f"logs in {workdir}")
 

@@ -121,7 +121,7 @@ def test_each_stage_and_method_learns_and_saves(
     assert (out / "resolved.yaml").is_file() and (out / "all_results.json").is_file()
 
 
-def train_one_step(tiny_model_dir, tmp_path, batch, accumulation):
+def train_one_step(tiny_model_dir, tmp_path, batch, accumulation, **keys):
     cfg = config(
         tiny_model_dir,
         tmp_path,
@@ -134,6 +134,7 @@ def train_one_step(tiny_model_dir, tmp_path, batch, accumulation):
         max_grad_norm=0.0,
         disable_shuffling=True,
         finetuning_type="full",
+        **keys,
     )
     assert run_stage(cfg) == 0
     return load_file(tmp_path / "out" / "model.safetensors")
@@ -149,6 +150,34 @@ def test_gradient_accumulation_equals_one_big_batch(tiny_model_dir, tmp_path):
         torch.testing.assert_close(
             split[name] - before[name], big[name] - before[name], rtol=1e-4, atol=1e-6
         )
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_gradient_checkpointing_gives_the_same_gradient(
+    tiny_model_dir, tmp_path, reentrant, caplog
+):
+    """Checkpointed layers (asked for explicitly: the CPU default is off) recompute the same
+    activations, so one SGD step changes the weights exactly as without checkpointing."""
+    caplog.set_level("INFO", logger="tuneforge")
+    plain = train_one_step(tiny_model_dir, tmp_path / "a", batch=8, accumulation=1)
+    assert "Gradient checkpointing: off" in caplog.text
+    checkpointed = train_one_step(
+        tiny_model_dir,
+        tmp_path / "b",
+        batch=8,
+        accumulation=1,
+        disable_gradient_checkpointing=False,
+        use_reentrant_gc=reentrant,
+    )
+    assert "Gradient checkpointing: on" in caplog.text
+    before = base_weights(tiny_model_dir)
+    changed = 0
+    for name in before:
+        torch.testing.assert_close(
+            checkpointed[name] - before[name], plain[name] - before[name], rtol=1e-4, atol=1e-6
+        )
+        changed += int(not torch.equal(plain[name], before[name]))
+    assert changed == len(before)
 
 
 def test_interrupted_run_resumes_with_the_same_data_order(tiny_model_dir, tmp_path, monkeypatch):

@@ -175,3 +175,26 @@ def test_passes_of_at_most_cutoff_len_tokens_give_the_same_training(tiny_model_d
     reference = load_file(tmp_path / "whole" / "out" / "model.safetensors")
     for name, value in trained.items():
         assert (value - reference[name]).abs().max() < 1e-5, name
+
+
+@pytest.mark.parametrize(
+    ("disable", "forced", "device", "expected"),
+    [
+        (None, False, "cpu", False),  # unset on CPU: passes instead of recompute
+        (None, False, "cuda", True),  # unset on GPUs: LLaMA-Factory's default
+        (False, False, "cpu", True),  # asked for
+        (True, False, "cuda", False),
+        (True, True, "cpu", True),  # TrainingArguments' gradient_checkpointing wins
+    ],
+)
+def test_gradient_checkpointing_default_depends_on_the_device(
+    monkeypatch, disable, forced, device, expected
+):
+    from types import SimpleNamespace
+
+    from tuneforge.models import loader
+
+    monkeypatch.setattr(loader, "device_type", lambda: device)
+    model = SimpleNamespace(disable_gradient_checkpointing=disable)
+    training = SimpleNamespace(gradient_checkpointing=forced)
+    assert loader.checkpointing_wanted(model, training) is expected

@@ -46,7 +46,11 @@ class ModelConfig:
     use_unsloth_gc: bool = key(False, "Unsloth's gradient checkpointing")
     enable_liger_kernel: bool = key(False, "Liger fused kernels (needs liger-kernel)")
     moe_aux_loss_coef: float | None = key(None, "MoE router auxiliary loss coefficient")
-    disable_gradient_checkpointing: bool = key(False, "turn gradient checkpointing off")
+    disable_gradient_checkpointing: bool | None = key(
+        None,
+        "turn gradient checkpointing off (unset: off on CPU, where batches run in passes of at"
+        " most cutoff_len tokens; on for GPUs)",
+    )
     use_reentrant_gc: bool = key(True, "reentrant gradient checkpointing")
     upcast_layernorm: bool = key(False, "layer norms in fp32")
     upcast_lmhead_output: bool = key(False, "lm_head output in fp32")

@@ -54,20 +54,31 @@ def varlen_sdpa(
     Falls back to plain causal SDPA for an unpacked batch (one example per row, no padding),
     and to masked SDPA when a padding mask is given (e.g. batched generation).
     """
-    groups = query.shape[1] // key.shape[1]
-    if groups > 1:  # grouped-query attention: share each key/value head across its group
-        key = key.repeat_interleave(groups, dim=1)
-        value = value.repeat_interleave(groups, dim=1)
+    # grouped-query attention: SDPA shares each key/value head across its group itself, so no
+    # repeated copy of keys and values is made (and kept for backward)
+    grouped = query.shape[1] != key.shape[1]
     dropout = dropout if module.training else 0.0
     length = query.shape[2]
     bounds = segment_bounds(kwargs, length) if query.shape[0] == 1 else None
     if attention_mask is not None and bounds is None:
         output = F.scaled_dot_product_attention(
-            query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling
+            query,
+            key,
+            value,
+            attn_mask=attention_mask,
+            dropout_p=dropout,
+            scale=scaling,
+            enable_gqa=grouped,
         )
     elif bounds is None:
         output = F.scaled_dot_product_attention(
-            query, key, value, dropout_p=dropout, scale=scaling, is_causal=length > 1
+            query,
+            key,
+            value,
+            dropout_p=dropout,
+            scale=scaling,
+            is_causal=length > 1,
+            enable_gqa=grouped,
         )
     else:
         output = torch.cat(
@@ -79,6 +90,7 @@ def varlen_sdpa(
                     dropout_p=dropout,
                     scale=scaling,
                     is_causal=end - start > 1,
+                    enable_gqa=grouped,
                 )
                 for start, end in itertools.pairwise(bounds)
             ],

@@ -12,6 +12,7 @@ import torch
 
 from tuneforge.errors import ConfigError, NotAvailableError
 from tuneforge.models.attention import attention_implementation
+from tuneforge.models.lean_layers import apply_lean_layers
 from tuneforge.models.tokenizer import load_pretrained
 
 logger = logging.getLogger("tuneforge")
@@ -118,6 +119,8 @@ def load_model(
         loaded = load_pretrained(AutoModelForCausalLM, model.model_name_or_path, kwargs, "model")
     if liger:
         apply_liger_kernel(loaded)
+    elif training is not None:
+        apply_lean_layers(loaded)  # less kept for backward; Liger's kernels do that themselves
     _fit_vocabulary(loaded, tokenizer, model.resize_vocab)
     set_generation_stops(loaded, tokenizer, stop_words)
     if training is None:
@@ -130,13 +133,26 @@ def load_model(
         loaded.get_output_embeddings().register_forward_hook(
             lambda module, args, output: output.to(torch.float32)
         )
-    if not model.disable_gradient_checkpointing or training.gradient_checkpointing:
+    if checkpointing_wanted(model, training):
         loaded.activation_checkpointing_enable(
             activation_checkpointing_kwargs={"use_reentrant": model.use_reentrant_gc}
         )
         if model.use_reentrant_gc:
             loaded.enable_input_require_grads()  # reentrant checkpoints need a grad-requiring input
     return loaded
+
+
+def checkpointing_wanted(model: Any, training: Any) -> bool:
+    """Gradient checkpointing unless turned off. Unset, it is off on CPU: there a batch runs in
+    passes of at most cutoff_len tokens (Trainer.max_pass_tokens), so the activations kept are
+    one long example's at most, and the recompute would cost a quarter of the speed of a
+    compute-bound machine; on GPUs memory is the scarce resource, so LLaMA-Factory's default
+    (on) holds."""
+    if training.gradient_checkpointing:
+        return True
+    if model.disable_gradient_checkpointing is None:
+        return device_type() != "cpu"
+    return not model.disable_gradient_checkpointing
 
 
 def quantization_kwargs(model: Any, dtype: torch.dtype, training: bool) -> dict[str, Any]:

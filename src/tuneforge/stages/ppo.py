@@ -28,7 +28,9 @@ def run(config: Any) -> int:
     run = prepare_run(config)
     language_model = load_trainable_model(config, run)
     policy = ModelWithValueHead(language_model, starting_value_head(config, language_model))
-    callbacks = standard_callbacks(config, run, policy, run.data.train, ("reward",))
+    callbacks = standard_callbacks(
+        config, run, policy, run.data.train, ("reward",), transformers_loop=False
+    )
     policy.to(run.args.device)
     trainer = PPOTrainer(
         model=policy,

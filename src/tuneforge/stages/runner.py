@@ -24,7 +24,11 @@ from tuneforge.templates import template_for
 from tuneforge.training.arguments import effective_training_arguments
 from tuneforge.training.callbacks import JsonlLogCallback, LossPlotCallback, StopOnSignalCallback
 from tuneforge.training.checkpoints import CheckpointCompleteCallback, resolve_resume
-from tuneforge.training.memory import fix_mmap_threshold
+from tuneforge.training.memory import (
+    ContiguousTrainingState,
+    contiguous_state_applies,
+    fix_mmap_threshold,
+)
 from tuneforge.training.summary import SummaryCallback
 
 logger = logging.getLogger("tuneforge")
@@ -94,11 +98,18 @@ def load_trainable_model(config: Any, run: PreparedRun) -> Any:
 
 
 def standard_callbacks(
-    config: Any, run: PreparedRun, model: Any, train_set: Any, plot_keys: tuple[str, ...] = ()
+    config: Any,
+    run: PreparedRun,
+    model: Any,
+    train_set: Any,
+    plot_keys: tuple[str, ...] = (),
+    transformers_loop: bool = True,
 ) -> list[Any]:
     """Summary, trainer_log.jsonl, checkpoint markers, Ctrl-C handling and the loss plot.
 
     `plot_keys` adds a stage's own metrics (e.g. rewards/accuracies) to the loss plot.
+    `transformers_loop`: the trainer steps through transformers' own training loop (whose
+    gradient and optimizer events ContiguousTrainingState relies on).
     """
     callbacks = [
         SummaryCallback(config, parameter_counts(model), train_set),
@@ -106,6 +117,8 @@ def standard_callbacks(
         CheckpointCompleteCallback(),
         run.stopper,
     ]
+    if transformers_loop and contiguous_state_applies(run.args):
+        callbacks.append(ContiguousTrainingState())
     if config.finetuning.plot_loss:
         callbacks.append(LossPlotCallback(run.args.output_dir, ("loss", "eval_loss", *plot_keys)))
     return callbacks

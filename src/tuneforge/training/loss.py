@@ -2,9 +2,11 @@
 
 Logits are computed only where a token is trained (`logits_to_keep`): the vocabulary
 projection is the largest single matmul of a small model and the largest activation of any
-model, and most prompt positions never need it. The loss is a sum over trained tokens divided
-by the number of trained tokens of the whole (accumulated, all-device) batch, so gradient
-accumulation and data parallelism give the gradient of one big batch.
+model, and most prompt positions never need it. In training, the projection and the loss are
+fused (`training/linear_cross_entropy.py`) so that not even those logits are kept. The loss
+is a sum over trained tokens divided by the number of trained tokens of the whole
+(accumulated, all-device) batch, so gradient accumulation and data parallelism give the
+gradient of one big batch.
 """
 
 from __future__ import annotations
@@ -15,6 +17,11 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.data.encode import IGNORE_INDEX
+from tuneforge.training.linear_cross_entropy import (
+    fused_output_layer,
+    linear_cross_entropy,
+    output_layer_inputs,
+)
 
 BATCH_ONLY_KEYS = ("labels", "shift_labels")
 
@@ -36,9 +43,19 @@ def language_model_loss(
     model: Any, batch: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
 ) -> tuple[torch.Tensor, int]:
     """Summed token loss over `num_items_in_batch` (default: this batch's trained tokens)."""
-    losses, keep = token_losses(model, batch)
+    targets = batch["shift_labels"][0]
+    keep = (targets != IGNORE_INDEX).nonzero().flatten()
     denominator = num_items_in_batch if num_items_in_batch is not None else max(keep.numel(), 1)
-    return losses.sum() / denominator, keep.numel()
+    inputs = {k: v for k, v in batch.items() if k not in BATCH_ONLY_KEYS}
+    head = fused_output_layer(model, inputs, keep) if torch.is_grad_enabled() else None
+    if head is None:
+        losses, keep = token_losses(model, batch)
+        return losses.sum() / denominator, keep.numel()
+    with output_layer_inputs(model) as captured:
+        model(**inputs, logits_to_keep=keep, use_cache=False)
+    hidden = captured[0].reshape(-1, captured[0].shape[-1])
+    loss = linear_cross_entropy(hidden, head.weight, head.bias, targets[keep], 1.0 / denominator)
+    return loss, keep.numel()
 
 
 def sequence_log_probs(model: Any, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -60,3 +60,6 @@ class SummaryCallback(TrainerCallback):
             args.world_size,
             state.max_steps,
         )
+        model = kwargs.get("model")
+        checkpointing = bool(getattr(model, "is_activation_checkpointing", False))
+        logger.info("Gradient checkpointing: %s", "on" if checkpointing else "off")

@@ -1,0 +1,100 @@
+"""Memory-lean backward for two blocks of Llama-family decoders: SwiGLU and RMSNorm.
+
+Autograd keeps what each op needs for backward: `silu(gate) * up` keeps gate, silu(gate) and
+up; an RMSNorm with a trained weight keeps its input and its normalised output. The functions
+here keep only their inputs (and the norm's per-token scale) and recompute the rest in
+backward, a few elementwise ops: 5.5 KB per token per layer less for the MLP of the reference
+benchmark model (intermediate 1408, float32) and 2 KB per norm when norms are trained. Same
+values, same gradients (tested against the modules' own forward).
+
+Applied to module instances of known classes only, whose forward is exactly these formulas,
+and only for training without Liger (which replaces the same blocks with its own kernels).
+"""
+
+from __future__ import annotations
+
+import types
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
+RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
+
+
+class _SwiGLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, gate, up):
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up = ctx.saved_tensors
+        sigmoid = torch.sigmoid(gate)
+        silu = gate * sigmoid
+        grad_up = grad * silu
+        # d silu / d gate = sigmoid * (1 + gate * (1 - sigmoid)) = sigmoid + silu * (1 - sigmoid)
+        grad_gate = grad * up * (sigmoid + silu * (1 - sigmoid))
+        return grad_gate, grad_up
+
+
+def _wide(tensor: torch.Tensor) -> torch.dtype:
+    """float32 for half-precision inputs, as the modules compute their norms."""
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+class _RMSNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, eps):
+        wide = hidden.to(_wide(hidden))
+        scale = torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)
+        ctx.save_for_backward(hidden, weight, scale)
+        return weight * (wide * scale).to(hidden.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, scale = ctx.saved_tensors
+        normalised = hidden.to(_wide(hidden)) * scale
+        grad_weight = None
+        if ctx.needs_input_grad[1]:
+            product = grad * normalised.to(hidden.dtype)
+            grad_weight = product.reshape(-1, product.shape[-1]).sum(0).to(weight.dtype)
+        grad_normalised = (grad * weight).to(normalised.dtype)
+        # d/dx of x * rsqrt(mean(x^2)): scale * (g - n * mean(g * n))
+        mean = (grad_normalised * normalised).mean(-1, keepdim=True)
+        grad_hidden = scale * (grad_normalised - normalised * mean)
+        return grad_hidden.to(hidden.dtype), grad_weight, None
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _SwiGLU.apply(gate, up)
+
+
+def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _RMSNorm.apply(hidden, weight, eps)
+
+
+def _lean_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+
+
+def _lean_norm_forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:
+    return rms_norm(hidden, self.weight, self.variance_epsilon)
+
+
+def apply_lean_layers(model: torch.nn.Module) -> int:
+    """Gives the known SwiGLU MLPs and RMSNorms of `model` the lean forward; returns how many
+    modules changed."""
+    changed = 0
+    for module in model.modules():
+        name = type(module).__name__
+        if name in SWIGLU_MLPS and type(module.act_fn).__name__ in ("SiLUActivation", "SiLU"):
+            module.forward = types.MethodType(_lean_mlp_forward, module)
+        elif name in RMS_NORMS:
+            module.forward = types.MethodType(_lean_norm_forward, module)
+        else:
+            continue
+        changed += 1
+    return changed

@@ -1,0 +1,143 @@
+"""Cross-entropy through the output layer without ever holding the logits of a whole batch.
+
+The logits of the trained positions are the largest activation of a training step: the
+vocabulary (8k to 260k) times every trained token, in float32, and cross-entropy keeps two or
+three tensors of that size for backward. Here the vocabulary projection, the loss and its
+gradients are computed together, a chunk of tokens at a time: the forward pass already knows
+the gradient of a summed loss (softmax minus one-hot, times the scale), so it stores the
+gradients of the hidden states and of the output weight instead of the logits, and backward
+only multiplies them by the incoming scalar. Same FLOPs as the unfused path, one chunk of
+logits in memory. This is the CPU-and-GPU equivalent of Liger's fused linear cross-entropy.
+
+Models are used through their ordinary forward (so DDP, checkpointing and PEFT behave as
+usual): a pre-hook on the output layer takes the hidden states it is given and hands it an
+empty slice instead. Whether a model's logits really are `output_layer(hidden)` (no
+soft-capping or scaling after it) is checked once per model on real inputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MB in float32
+MIN_CHUNK_ROWS = 64
+
+_checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, scale):
+        needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
+        with_grads = needs_hidden or needs_weight or needs_bias
+        compute_weight = weight.to(hidden.dtype)
+        compute_bias = None if bias is None else bias.to(hidden.dtype)
+        grad_hidden = torch.empty_like(hidden) if needs_hidden else None
+        grad_weight = weight.new_zeros(weight.shape, dtype=torch.float32) if needs_weight else None
+        grad_bias = weight.new_zeros(weight.shape[0], dtype=torch.float32) if needs_bias else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // weight.shape[0])
+        for start in range(0, hidden.shape[0], rows):
+            chunk, chunk_targets = hidden[start : start + rows], targets[start : start + rows]
+            logits = F.linear(chunk, compute_weight, compute_bias).float()
+            log_norm = torch.logsumexp(logits, dim=-1)
+            total += (log_norm - logits.gather(1, chunk_targets[:, None]).squeeze(1)).sum()
+            if not with_grads:
+                continue
+            # d(sum of losses)/d(logits) = softmax - one_hot(target), computed in place
+            probs = logits.sub_(log_norm[:, None]).exp_()
+            probs[torch.arange(len(chunk_targets), device=probs.device), chunk_targets] -= 1
+            probs.mul_(scale)
+            if grad_hidden is not None:
+                grad_hidden[start : start + rows] = probs.to(hidden.dtype) @ compute_weight
+            if grad_weight is not None:
+                grad_weight.addmm_(probs.T, chunk.float())
+            if grad_bias is not None:
+                grad_bias += probs.sum(0)
+        ctx.grads = (grad_hidden, grad_weight, grad_bias)
+        ctx.dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return total * scale
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        grad_hidden, grad_weight, grad_bias = ctx.grads
+        ctx.grads = None
+        weight_dtype, bias_dtype = ctx.dtypes
+        if grad_hidden is not None:
+            grad_hidden = grad_hidden * grad_output.to(grad_hidden.dtype)
+        if grad_weight is not None:
+            grad_weight = grad_weight.mul_(grad_output).to(weight_dtype)
+        if grad_bias is not None:
+            grad_bias = grad_bias.mul_(grad_output).to(bias_dtype)
+        return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def linear_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    scale: float | torch.Tensor = 1.0,
+) -> torch.Tensor:
+    """`scale * sum(cross_entropy(hidden @ weight.T + bias, targets))`, in float32, for
+    hidden [tokens, hidden_size], weight [vocab, hidden_size] and targets [tokens]."""
+    if torch.is_tensor(scale):
+        scale = scale.to(device=hidden.device, dtype=torch.float32)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, scale)
+
+
+@contextlib.contextmanager
+def output_layer_inputs(model: Any, skip_projection: bool = True):
+    """Collects the hidden states that reach the model's output layer during a forward pass
+    (in `captured`); with `skip_projection` the layer is handed an empty slice instead, so it
+    computes no logits."""
+    captured: list[torch.Tensor] = []
+
+    def take(module, args):
+        captured.append(args[0])
+        return (args[0][..., :0, :], *args[1:]) if skip_projection else None
+
+    unwrapped = getattr(model, "module", model)  # DDP
+    handle = unwrapped.get_output_embeddings().register_forward_pre_hook(take)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def fused_output_layer(model: Any, inputs: dict[str, Any], keep: torch.Tensor):
+    """The model's output layer when the fused loss computes exactly its logits, else None.
+
+    The check runs once per model: the logits of a few trained positions of this batch,
+    through the model's own forward, must equal `output_layer(hidden)` of the same forward.
+    """
+    unwrapped = getattr(model, "module", model)  # DDP
+    head = _output_layer(unwrapped)
+    if head is None or keep.numel() == 0:
+        return None
+    if unwrapped not in _checked:
+        _checked[unwrapped] = _projection_is_plain(model, head, inputs, keep[:8])
+    return head if _checked[unwrapped] else None
+
+
+def _output_layer(model: Any):
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    # exactly nn.Linear: a LoRA or modules_to_save wrapper has no single weight to fuse
+    return head if type(head) is torch.nn.Linear else None
+
+
+def _projection_is_plain(model: Any, head: torch.nn.Linear, inputs: dict, keep) -> bool:
+    with torch.no_grad(), output_layer_inputs(model, skip_projection=False) as captured:
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits
+    if len(captured) != 1:
+        return False
+    expected = F.linear(captured[0], head.weight, head.bias)
+    return expected.shape == logits.shape and torch.allclose(
+        expected.float(), logits.float(), rtol=1e-3, atol=1e-3
+    )
