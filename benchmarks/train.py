@@ -34,6 +34,7 @@ PEER = REPO.parent / "shared" / "peer"
 PEER_HOME = Path(os.environ.get("PEER_DIR", Path.home() / ".cache" / "tuneforge-peer"))
 LAST_STEPS = 20  # the training loss is compared as the mean over the last logged steps
 EVAL_EXAMPLES = 200
+TUNEFORGE = [sys.executable, "-m", "tuneforge"]
 
 
 def timed(command: list[str], log: Path, env: dict | None = None) -> dict:
@@ -69,18 +70,21 @@ def startup_seconds(command: list[str], repeat: int = 5) -> float:
     return statistics.median(times)
 
 
-def run_tuneforge(config: Path, overrides: list[str], workdir: Path) -> dict:
-    output_dir = workdir / "tuneforge-out"
-    command = [
-        sys.executable,
-        "-m",
-        "tuneforge",
+def train_command(config: Path, overrides: list[str], output_dir: Path, workdir: Path) -> list:
+    """`tuneforge train CONFIG key=value ...` writing into output_dir, with the run's cache."""
+    return [
+        *TUNEFORGE,
         "train",
         str(config),
         *overrides,
         f"output_dir={output_dir}",
         f"data_cache_dir={workdir / 'cache'}",
     ]
+
+
+def run_tuneforge(config: Path, overrides: list[str], workdir: Path) -> dict:
+    output_dir = workdir / "tuneforge-out"
+    command = train_command(config, overrides, output_dir, workdir)
     figures = timed(command, workdir / "tuneforge.log")
     if figures["code"] != 0:
         raise SystemExit(f"tuneforge failed; see {workdir / 'tuneforge.log'}")
@@ -134,16 +138,10 @@ def same_tokens_loss(config: Path, trained: Path, workdir: Path, label: str) -> 
     import yaml
 
     keys = yaml.safe_load(config.read_text())
-    weights = (
-        "adapter_name_or_path" if keys.get("finetuning_type") == "lora" else ("model_name_or_path")
-    )
+    lora = keys.get("finetuning_type") == "lora"
+    weights = "adapter_name_or_path" if lora else "model_name_or_path"
     output_dir = workdir / f"eval-{label}"
-    command = [
-        sys.executable,
-        "-m",
-        "tuneforge",
-        "train",
-        str(config),
+    evaluation = [
         f"{weights}={trained}",
         "do_train=false",
         "do_eval=true",
@@ -152,9 +150,8 @@ def same_tokens_loss(config: Path, trained: Path, workdir: Path, label: str) -> 
         f"max_samples={EVAL_EXAMPLES}",
         "packing=false",
         "per_device_eval_batch_size=8",
-        f"output_dir={output_dir}",
-        f"data_cache_dir={workdir / 'cache'}",
     ]
+    command = train_command(config, evaluation, output_dir, workdir)
     with (workdir / f"eval-{label}.log").open("w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True)
     return json.loads((output_dir / "all_results.json").read_text())["eval_loss"]
@@ -178,10 +175,9 @@ def main() -> None:
     parser.add_argument("--peer", help="a LLaMA-Factory reference config to run side by side")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
-    tuneforge = [sys.executable, "-m", "tuneforge"]
     print(
-        f"CLI start-up: `tuneforge --help` {startup_seconds([*tuneforge, '--help']):.2f} s, "
-        f"`tuneforge version` {startup_seconds([*tuneforge, 'version']):.2f} s"
+        f"CLI start-up: `tuneforge --help` {startup_seconds([*TUNEFORGE, '--help']):.2f} s, "
+        f"`tuneforge version` {startup_seconds([*TUNEFORGE, 'version']):.2f} s"
     )
     overrides = args.overrides
     if args.peer and args.config:  # with --peer every positional is an override

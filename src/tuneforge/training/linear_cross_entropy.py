@@ -102,8 +102,7 @@ def output_layer_inputs(model: Any, skip_projection: bool = True):
         captured.append(args[0])
         return (args[0][..., :0, :], *args[1:]) if skip_projection else None
 
-    unwrapped = getattr(model, "module", model)  # DDP
-    handle = unwrapped.get_output_embeddings().register_forward_pre_hook(take)
+    handle = _unwrapped(model).get_output_embeddings().register_forward_pre_hook(take)
     try:
         yield captured
     finally:
@@ -116,13 +115,18 @@ def fused_output_layer(model: Any, inputs: dict[str, Any], keep: torch.Tensor):
     The check runs once per model: the logits of a few trained positions of this batch,
     through the model's own forward, must equal `output_layer(hidden)` of the same forward.
     """
-    unwrapped = getattr(model, "module", model)  # DDP
+    unwrapped = _unwrapped(model)
     head = _output_layer(unwrapped)
     if head is None or keep.numel() == 0:
         return None
     if unwrapped not in _checked:
         _checked[unwrapped] = _projection_is_plain(model, head, inputs, keep[:8])
     return head if _checked[unwrapped] else None
+
+
+def _unwrapped(model: Any) -> Any:
+    """The model inside a DDP wrapper (hooks and the check belong to it, not the wrapper)."""
+    return getattr(model, "module", model)
 
 
 def _output_layer(model: Any):

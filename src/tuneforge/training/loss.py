@@ -26,30 +26,38 @@ from tuneforge.training.linear_cross_entropy import (
 BATCH_ONLY_KEYS = ("labels", "shift_labels")
 
 
-def token_losses(model: Any, batch: dict[str, Any], with_predictions: bool = False) -> tuple:
-    """Per-token cross-entropy at trained positions and those positions' indices (and the
-    argmax predictions there, for accuracy)."""
+def _model_inputs_and_targets(batch: dict[str, Any]) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    """The model's inputs, the row's targets and the trained positions' indices."""
     targets = batch["shift_labels"][0]
     keep = (targets != IGNORE_INDEX).nonzero().flatten()
     inputs = {k: v for k, v in batch.items() if k not in BATCH_ONLY_KEYS}
-    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]
-    losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
+    return inputs, targets, keep
+
+
+def token_losses(model: Any, batch: dict[str, Any], with_predictions: bool = False) -> tuple:
+    """Per-token cross-entropy at trained positions and those positions' indices (and the
+    argmax predictions there, for accuracy)."""
+    inputs, targets, keep = _model_inputs_and_targets(batch)
+    losses, logits = _losses_through_logits(model, inputs, targets, keep)
     if with_predictions:
         return losses, keep, logits.argmax(-1)
     return losses, keep
+
+
+def _losses_through_logits(model: Any, inputs: dict, targets: torch.Tensor, keep: torch.Tensor):
+    logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits[0]
+    return F.cross_entropy(logits.float(), targets[keep], reduction="none"), logits
 
 
 def language_model_loss(
     model: Any, batch: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
 ) -> tuple[torch.Tensor, int]:
     """Summed token loss over `num_items_in_batch` (default: this batch's trained tokens)."""
-    targets = batch["shift_labels"][0]
-    keep = (targets != IGNORE_INDEX).nonzero().flatten()
+    inputs, targets, keep = _model_inputs_and_targets(batch)
     denominator = num_items_in_batch if num_items_in_batch is not None else max(keep.numel(), 1)
-    inputs = {k: v for k, v in batch.items() if k not in BATCH_ONLY_KEYS}
     head = fused_output_layer(model, inputs, keep) if torch.is_grad_enabled() else None
     if head is None:
-        losses, keep = token_losses(model, batch)
+        losses, _ = _losses_through_logits(model, inputs, targets, keep)
         return losses.sum() / denominator, keep.numel()
     with output_layer_inputs(model) as captured:
         model(**inputs, logits_to_keep=keep, use_cache=False)

@@ -31,8 +31,6 @@ logger = logging.getLogger("tuneforge")
 
 M_MMAP_THRESHOLD = -3  # mallopt parameter number, from glibc's malloc.h
 MMAP_THRESHOLD_BYTES = 4 << 20
-
-
 RELEASE_EVERY_BYTES = 32 << 20  # heap given back while optimizer state moves, in steps of this
 
 
@@ -70,10 +68,9 @@ def contiguous_blocks(tensors: list[torch.Tensor], fill=None) -> list[torch.Tens
     for index, tensor in enumerate(tensors):
         groups[(tensor.dtype, tensor.device)].append(index)
     views: list[Any] = [None] * len(tensors)
+    allocate = torch.zeros if fill is None else torch.empty  # empty: resident as filled
     for (dtype, device), indices in groups.items():
-        size = sum(tensors[i].numel() for i in indices)
-        allocate = torch.zeros if fill is None else torch.empty  # empty: resident as filled
-        block = allocate(size, dtype=dtype, device=device)
+        block = allocate(sum(tensors[i].numel() for i in indices), dtype=dtype, device=device)
         offset = 0
         for i in indices:
             views[i] = block[offset : offset + tensors[i].numel()].view(tensors[i].shape)
