@@ -19,6 +19,29 @@ def test_swiglu_and_rms_norm_pass_gradcheck():
     assert torch.autograd.gradcheck(lambda h, w: lean_layers.rms_norm(h, w, 1e-6), (hidden, weight))
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_swiglu_with_down_projection_passes_gradcheck(bias):
+    generator = torch.Generator().manual_seed(2)
+    gate, up = (torch.randn(2, 3, 5, generator=generator, dtype=torch.float64) for _ in range(2))
+    weight = torch.randn(4, 5, generator=generator, dtype=torch.float64)
+    bias_values = torch.randn(4, generator=generator, dtype=torch.float64) if bias else None
+    inputs = [t.requires_grad_() for t in (gate, up, weight, bias_values) if t is not None]
+    assert torch.autograd.gradcheck(
+        lambda gate, up, weight, *rest: lean_layers.swiglu_down(gate, up, weight, *rest or [None]),
+        inputs,
+    )
+
+
+def test_swiglu_with_down_projection_skips_gradients_not_needed():
+    gate, up = torch.randn(3, 5, requires_grad=True), torch.randn(3, 5, requires_grad=True)
+    down = torch.nn.Linear(5, 4).requires_grad_(False)  # a frozen projection, as in freeze tuning
+    expected = down(torch.nn.functional.silu(gate) * up)
+    output = lean_layers.swiglu_down(gate, up, down.weight, down.bias)
+    torch.testing.assert_close(output, expected)
+    output.sum().backward()
+    assert down.weight.grad is None and gate.grad is not None and up.grad is not None
+
+
 @pytest.fixture
 def model(tiny_model_dir):
     from transformers import AutoModelForCausalLM
@@ -63,8 +86,8 @@ def test_lean_model_trains_exactly_like_the_original_and_keeps_less(model):
     for name, gradient in gradients.items():
         torch.testing.assert_close(lean_gradients[name], gradient, rtol=1e-4, atol=1e-6, msg=name)
     tokens, intermediate = ids.numel(), model.config.intermediate_size
-    # at least silu(gate) per layer (float32) is no longer kept
-    assert before - after >= layers * tokens * intermediate * 4
+    # at least silu(gate) and its product with up (down_proj's input) per layer, float32
+    assert before - after >= 2 * layers * tokens * intermediate * 4
 
 
 def test_unknown_blocks_are_left_alone():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import weakref
 
 import torch
 
@@ -96,10 +97,35 @@ def test_train_end_releases_the_blocks():
 
 def test_contiguous_blocks_keep_shapes_order_and_content():
     tensors = [torch.randn(2, 3), torch.randn(4, dtype=torch.float64), torch.randn(5)]
-    copies = memory.contiguous_blocks(tensors, lambda i, view: view.copy_(tensors[i]))
-    zeros = memory.contiguous_blocks(tensors)
+    layouts = [memory.layout(tensor) for tensor in tensors]
+    copies = memory.contiguous_blocks(layouts, lambda i, view: view.copy_(tensors[i]))
+    zeros = memory.contiguous_blocks(layouts)
     for original, copy, zero in zip(tensors, copies, zeros):
         assert copy.shape == original.shape and copy.dtype == original.dtype
         torch.testing.assert_close(copy, original)
         assert not zero.any()
     assert copies[0].untyped_storage().data_ptr() == copies[2].untyped_storage().data_ptr()
+
+
+def test_moved_optimizer_state_is_freed_as_it_goes(monkeypatch):
+    """Each state tensor is released once copied, so moving the state never needs room for
+    two copies of it (the heap is given back between copies)."""
+    model = torch.nn.Sequential(*(torch.nn.Linear(8, 8) for _ in range(4)))
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(2, 8)).sum().backward()
+    optimizer.step()
+    old = [
+        weakref.ref(value)
+        for per_parameter in optimizer.state.values()
+        for value in per_parameter.values()
+        if value.numel() > 1
+    ]
+    alive_at_each_release = []
+    monkeypatch.setattr(memory, "RELEASE_EVERY_BYTES", 1)
+    monkeypatch.setattr(
+        memory,
+        "release_free_heap",
+        lambda: alive_at_each_release.append(sum(ref() is not None for ref in old)),
+    )
+    memory.move_optimizer_state(optimizer)
+    assert alive_at_each_release == list(range(len(old) - 1, -1, -1)) + [0]

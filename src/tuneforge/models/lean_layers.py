@@ -1,11 +1,12 @@
 """Memory-lean backward for two blocks of Llama-family decoders: SwiGLU and RMSNorm.
 
 Autograd keeps what each op needs for backward: `silu(gate) * up` keeps gate, silu(gate) and
-up; an RMSNorm with a trained weight keeps its input and its normalised output. The functions
-here keep only their inputs (and the norm's per-token scale) and recompute the rest in
-backward, a few elementwise ops: 5.5 KB per token per layer less for the MLP of the reference
-benchmark model (intermediate 1408, float32) and 2 KB per norm when norms are trained. Same
-values, same gradients (tested against the modules' own forward).
+up, and a trained `down_proj` then keeps their product as its input; an RMSNorm with a
+trained weight keeps its input and its normalised output. The functions here keep only their
+inputs (and the norm's per-token scale) and recompute the rest in backward, a few elementwise
+ops: 11 KB per token per layer less for the MLP of the reference benchmark model
+(intermediate 1408, float32, down_proj trained) and 2 KB per norm when norms are trained.
+Same values, same gradients (tested against the modules' own forward).
 
 Applied to module instances of known classes only, whose forward is exactly these formulas,
 and only for training without Liger (which replaces the same blocks with its own kernels).
@@ -20,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 SWIGLU_MLPS = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"}
+HOOK_KINDS = ("forward", "forward_pre", "backward", "backward_pre")
 RMS_NORMS = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"}
 
 
@@ -38,6 +40,33 @@ class _SwiGLU(torch.autograd.Function):
         # d silu / d gate = sigmoid * (1 + gate * (1 - sigmoid)) = sigmoid + silu * (1 - sigmoid)
         grad_gate = grad * up * (sigmoid + silu * (1 - sigmoid))
         return grad_gate, grad_up
+
+
+class _SwiGLUDown(torch.autograd.Function):
+    """`linear(silu(gate) * up, weight, bias)`, keeping gate and up only: the product, which
+    the weight's gradient needs, is recomputed in backward."""
+
+    @staticmethod
+    def forward(ctx, gate, up, weight, bias):
+        ctx.save_for_backward(gate, up, weight)
+        ctx.has_bias = bias is not None
+        return F.linear(F.silu(gate) * up, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        gate, up, weight = ctx.saved_tensors
+        sigmoid = torch.sigmoid(gate)
+        silu = gate * sigmoid
+        grad_weight = grad_bias = None
+        if ctx.needs_input_grad[2]:
+            product = silu * up
+            grad_weight = grad.reshape(-1, grad.shape[-1]).T @ product.reshape(-1, up.shape[-1])
+        if ctx.has_bias and ctx.needs_input_grad[3]:
+            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+        grad_product = grad @ weight
+        grad_up = grad_product * silu
+        grad_gate = grad_product.mul_(up).mul_(sigmoid + silu * (1 - sigmoid))
+        return grad_gate, grad_up, grad_weight, grad_bias
 
 
 def _wide(tensor: torch.Tensor) -> torch.dtype:
@@ -76,8 +105,29 @@ def rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Te
     return _RMSNorm.apply(hidden, weight, eps)
 
 
+def swiglu_down(
+    gate: torch.Tensor, up: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """`linear(silu(gate) * up, weight, bias)`, the down projection of a SwiGLU MLP."""
+    return _SwiGLUDown.apply(gate, up, weight, bias)
+
+
+def _plain_linear(module: Any, x: torch.Tensor) -> bool:
+    """A bare nn.Linear (not LoRA-wrapped, no hooks) in the input's dtype outside autocast:
+    its forward is exactly `linear(x, weight, bias)` and the fused backward's dtypes match."""
+    return (
+        type(module) is torch.nn.Linear
+        and not any(getattr(module, f"_{kind}_hooks") for kind in HOOK_KINDS)
+        and module.weight.dtype == x.dtype
+        and not torch.is_autocast_enabled(x.device.type)
+    )
+
+
 def _lean_mlp_forward(self: Any, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    if _plain_linear(self.down_proj, gate):
+        return swiglu_down(gate, up, self.down_proj.weight, self.down_proj.bias)
+    return self.down_proj(swiglu(gate, up))
 
 
 def _lean_norm_forward(self: Any, hidden: torch.Tensor) -> torch.Tensor:

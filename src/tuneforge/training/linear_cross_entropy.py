@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-CHUNK_ELEMENTS = 1 << 22  # logits per chunk: 16 MB in float32
+CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32, one buffer reused by every chunk
 MIN_CHUNK_ROWS = 64
 
 _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -41,18 +41,22 @@ class _LinearCrossEntropy(torch.autograd.Function):
         grad_weight = weight.new_zeros(weight.shape, dtype=torch.float32) if needs_weight else None
         grad_bias = weight.new_zeros(weight.shape[0], dtype=torch.float32) if needs_bias else None
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-        rows = max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // weight.shape[0])
+        rows = min(hidden.shape[0], max(MIN_CHUNK_ROWS, CHUNK_ELEMENTS // weight.shape[0]))
+        buffer = hidden.new_empty((rows, weight.shape[0]), dtype=torch.float32)
         for start in range(0, hidden.shape[0], rows):
             chunk, chunk_targets = hidden[start : start + rows], targets[start : start + rows]
-            logits = F.linear(chunk, compute_weight, compute_bias).float()
-            log_norm = torch.logsumexp(logits, dim=-1)
-            total += (log_norm - logits.gather(1, chunk_targets[:, None]).squeeze(1)).sum()
+            logits = _logits_into(buffer[: len(chunk)], chunk, compute_weight, compute_bias)
+            picked = logits.gather(1, chunk_targets[:, None]).squeeze(1)
+            # log-sum-exp in place: exp(logits - max) overwrites the logits and is reused below
+            peak = logits.amax(dim=-1, keepdim=True)
+            exp = logits.sub_(peak).exp_()
+            sums = exp.sum(dim=-1, keepdim=True)
+            total += (peak.squeeze(1) + sums.squeeze(1).log() - picked).sum()
             if not with_grads:
                 continue
-            # d(sum of losses)/d(logits) = softmax - one_hot(target), computed in place
-            probs = logits.sub_(log_norm[:, None]).exp_()
-            probs[torch.arange(len(chunk_targets), device=probs.device), chunk_targets] -= 1
-            probs.mul_(scale)
+            # d(scale * sum of losses)/d(logits) = scale * (softmax - one_hot(target))
+            probs = exp.mul_(scale / sums)
+            probs[torch.arange(len(chunk_targets), device=probs.device), chunk_targets] -= scale
             if grad_hidden is not None:
                 grad_hidden[start : start + rows] = probs.to(hidden.dtype) @ compute_weight
             if grad_weight is not None:
@@ -75,6 +79,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
         if grad_bias is not None:
             grad_bias = grad_bias.mul_(grad_output).to(bias_dtype)
         return grad_hidden, grad_weight, grad_bias, None, None
+
+
+def _logits_into(out, chunk, weight, bias):
+    """`chunk @ weight.T + bias` as float32 in `out` (written in place when already float32)."""
+    if chunk.dtype != torch.float32:
+        return out.copy_(F.linear(chunk, weight, bias))
+    if bias is None:
+        return torch.mm(chunk, weight.T, out=out)
+    return torch.addmm(bias, chunk, weight.T, out=out)
 
 
 def linear_cross_entropy(

@@ -61,20 +61,30 @@ def release_free_heap() -> None:
         libc.malloc_trim(0)
 
 
-def contiguous_blocks(tensors: list[torch.Tensor], fill=None) -> list[torch.Tensor]:
-    """Views of `tensors`' shapes into one new block per (dtype, device), in order. `fill(i,
-    view)` writes each view's content (default: zeros)."""
+Layout = tuple[torch.Size, torch.dtype, torch.device]
+
+
+def layout(tensor: torch.Tensor) -> Layout:
+    return tensor.shape, tensor.dtype, tensor.device
+
+
+def contiguous_blocks(layouts: list[Layout], fill=None) -> list[torch.Tensor]:
+    """Tensors of the given (shape, dtype, device) layouts, as views into one new block per
+    (dtype, device), in order. `fill(i, view)` writes each view's content (default: zeros).
+    Layouts rather than tensors, so that a tensor being moved can be freed as soon as `fill`
+    has copied it."""
     groups: dict[tuple, list[int]] = defaultdict(list)
-    for index, tensor in enumerate(tensors):
-        groups[(tensor.dtype, tensor.device)].append(index)
-    views: list[Any] = [None] * len(tensors)
+    for index, (_, dtype, device) in enumerate(layouts):
+        groups[(dtype, device)].append(index)
+    views: list[Any] = [None] * len(layouts)
     allocate = torch.zeros if fill is None else torch.empty  # empty: resident as filled
     for (dtype, device), indices in groups.items():
-        block = allocate(sum(tensors[i].numel() for i in indices), dtype=dtype, device=device)
+        block = allocate(sum(layouts[i][0].numel() for i in indices), dtype=dtype, device=device)
         offset = 0
         for i in indices:
-            views[i] = block[offset : offset + tensors[i].numel()].view(tensors[i].shape)
-            offset += tensors[i].numel()
+            shape = layouts[i][0]
+            views[i] = block[offset : offset + shape.numel()].view(shape)
+            offset += shape.numel()
             if fill is not None:
                 fill(i, views[i])
     return views
@@ -106,7 +116,7 @@ class ContiguousTrainingState(TrainerCallback):
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.parameters = [p for p in model.parameters() if p.requires_grad and p.is_contiguous()]
-        self.gradients = contiguous_blocks(self.parameters)
+        self.gradients = contiguous_blocks([layout(p) for p in self.parameters])
         self.hooks = [
             p.register_post_accumulate_grad_hook(functools.partial(self._touch, i))
             for i, p in enumerate(self.parameters)
@@ -166,5 +176,5 @@ def move_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
             release_free_heap()
             moved = 0
 
-    contiguous_blocks([per_parameter[key] for per_parameter, key in slots], fill)
+    contiguous_blocks([layout(per_parameter[key]) for per_parameter, key in slots], fill)
     release_free_heap()
