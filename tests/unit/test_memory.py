@@ -128,4 +128,4 @@ def test_moved_optimizer_state_is_freed_as_it_goes(monkeypatch):
         lambda: alive_at_each_release.append(sum(ref() is not None for ref in old)),
     )
     memory.move_optimizer_state(optimizer)
-    assert alive_at_each_release == list(range(len(old) - 1, -1, -1)) + [0]
+    assert alive_at_each_release == [*range(len(old) - 1, -1, -1), 0]

@@ -57,15 +57,19 @@ class _SwiGLUDown(torch.autograd.Function):
         gate, up, weight = ctx.saved_tensors
         sigmoid = torch.sigmoid(gate)
         silu = gate * sigmoid
+        flat_grad = grad.reshape(-1, grad.shape[-1])
         grad_weight = grad_bias = None
         if ctx.needs_input_grad[2]:
-            product = silu * up
-            grad_weight = grad.reshape(-1, grad.shape[-1]).T @ product.reshape(-1, up.shape[-1])
+            grad_weight = flat_grad.T @ (silu * up).reshape(-1, up.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[3]:
-            grad_bias = grad.reshape(-1, grad.shape[-1]).sum(0)
+            grad_bias = flat_grad.sum(0)
         grad_product = grad @ weight
         grad_up = grad_product * silu
-        grad_gate = grad_product.mul_(up).mul_(sigmoid + silu * (1 - sigmoid))
+        # d silu / d gate = sigmoid + silu * (1 - sigmoid), built in silu's storage: these
+        # intermediate-sized temporaries are the largest of the backward pass
+        derivative = silu.mul_(torch.sub(1, sigmoid)).add_(sigmoid)
+        del sigmoid
+        grad_gate = grad_product.mul_(up).mul_(derivative)
         return grad_gate, grad_up, grad_weight, grad_bias
 
 
