@@ -1,7 +1,7 @@
 """Training figures for a config, and side-by-side ratios against another system.
 
     python benchmarks/train.py CONFIG [key=value ...]
-    python benchmarks/train.py --peer a_small_lora_sft [key=value ...]
+    python benchmarks/train.py --peer a_small_lora_sft [--repeat N] [key=value ...]
 
 With `--peer NAME`, the LLaMA-Factory reference config NAME from ../shared/peer/configs is
 run twice on the same model, data and settings: once unedited by LLaMA-Factory 0.9.5
@@ -9,6 +9,9 @@ run twice on the same model, data and settings: once unedited by LLaMA-Factory 0
 plus any key=value overrides). It prints examples/s, effective (non-pad) tokens/s, peak
 memory (max RSS), preprocessing time, the mean training loss over the last logged steps, and
 the ratios. CLI start-up times are printed too. Figures are measured, never asserted.
+
+This machine's speed drifts by 10-15% over minutes, so one pair of runs can move a ratio by that
+much: `--repeat N` alternates the two systems N times and also prints the median ratios.
 
 The two systems' logged losses are not over the same tokens (LLaMA-Factory also trains the
 newline after a ChatML end-of-turn, which tuneforge's templates never train), so both trained
@@ -168,25 +171,7 @@ def peer_config(name: str, workdir: Path) -> Path:
     return path
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("config", nargs="?", help="a tuneforge config (not with --peer)")
-    parser.add_argument("overrides", nargs="*", metavar="key=value")
-    parser.add_argument("--peer", help="a LLaMA-Factory reference config to run side by side")
-    args = parser.parse_args()
-    workdir = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
-    print(
-        f"CLI start-up: `tuneforge --help` {startup_seconds([*TUNEFORGE, '--help']):.2f} s, "
-        f"`tuneforge version` {startup_seconds([*TUNEFORGE, 'version']):.2f} s"
-    )
-    overrides = args.overrides
-    if args.peer and args.config:  # with --peer every positional is an override
-        overrides = [args.config, *overrides]
-    config = peer_config(args.peer, workdir) if args.peer else Path(args.config)
-    ours = run_tuneforge(config, overrides, workdir)
-    rows = [("tuneforge", ours)]
-    if args.peer:
-        rows.append(("LLaMA-Factory 0.9.5", run_peer(args.peer, workdir)))
+def print_rows(rows: list[tuple[str, dict]]) -> None:
     print(
         f"{'':22}{'examples/s':>12}{'eff. tok/s':>12}{'peak RSS MB':>13}{'loss(last)':>12}"
         f"{'wall s':>9}"
@@ -197,19 +182,62 @@ def main() -> None:
             f"{label:22}{figures['examples_per_s']:>12.2f}{figures['tokens_per_s'] or 0:>12.1f}"
             f"{figures['rss_mb']:>13.0f}{loss:>12}{figures['wall']:>9.1f}"
         )
-    if ours.get("preprocess_s") is not None:
-        print(f"tuneforge preprocessing: {ours['preprocess_s']:.2f} s")
-    if args.peer:
-        peer = rows[1][1]
+    if len(rows) == 2:
+        ours, peer = rows[0][1], rows[1][1]
         print(
             f"ratios (tuneforge / LLaMA-Factory): examples/s "
             f"{ours['examples_per_s'] / peer['examples_per_s']:.2f}x, peak memory "
             f"{ours['rss_mb'] / peer['rss_mb']:.2f}x"
         )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config", nargs="?", help="a tuneforge config (not with --peer)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value")
+    parser.add_argument("--peer", help="a LLaMA-Factory reference config to run side by side")
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="alternate the runs N times; median ratios"
+    )
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="tuneforge-bench-"))
+    print(
+        f"CLI start-up: `tuneforge --help` {startup_seconds([*TUNEFORGE, '--help']):.2f} s, "
+        f"`tuneforge version` {startup_seconds([*TUNEFORGE, 'version']):.2f} s"
+    )
+    overrides = args.overrides
+    if args.peer and args.config:  # with --peer every positional is an override
+        overrides = [args.config, *overrides]
+    config = peer_config(args.peer, workdir) if args.peer else Path(args.config)
+    rounds = []
+    for index in range(args.repeat):
+        folder = workdir if args.repeat == 1 else workdir / f"round-{index + 1}"
+        folder.mkdir(exist_ok=True)
+        rows = [("tuneforge", run_tuneforge(config, overrides, folder))]
+        if args.peer:
+            rows.append(("LLaMA-Factory 0.9.5", run_peer(args.peer, folder)))
+        if args.repeat > 1:
+            print(f"round {index + 1} of {args.repeat}")
+        print_rows(rows)
+        rounds.append(rows)
+    ours = rounds[0][0][1]
+    if ours.get("preprocess_s") is not None:
+        print(f"tuneforge preprocessing: {ours['preprocess_s']:.2f} s")
+    if args.peer:
+        speed = [rows[0][1]["examples_per_s"] / rows[1][1]["examples_per_s"] for rows in rounds]
+        memory = [rows[0][1]["rss_mb"] / rows[1][1]["rss_mb"] for rows in rounds]
+        if args.repeat > 1:
+            print(
+                f"median ratios over {args.repeat} rounds (tuneforge / LLaMA-Factory): examples/s "
+                f"{statistics.median(speed):.2f}x (each: {', '.join(f'{r:.2f}' for r in speed)}), "
+                f"peak memory {statistics.median(memory):.2f}x "
+                f"(each: {', '.join(f'{r:.2f}' for r in memory)})"
+            )
+        trained_by_us = folder / "tuneforge-out"  # every round trains the same model (seeded)
         losses = [
             same_tokens_loss(config, trained, workdir, label)
             for label, trained in (
-                ("tuneforge", workdir / "tuneforge-out"),
+                ("tuneforge", trained_by_us),
                 ("peer", PEER_HOME / "out" / args.peer),
             )
         ]
