@@ -35,11 +35,17 @@ class _SwiGLU(torch.autograd.Function):
     def backward(ctx, grad):
         gate, up = ctx.saved_tensors
         sigmoid = torch.sigmoid(gate)
-        silu = gate * sigmoid
-        grad_up = grad * silu
-        # d silu / d gate = sigmoid * (1 + gate * (1 - sigmoid)) = sigmoid + silu * (1 - sigmoid)
-        grad_gate = grad * up * (sigmoid + silu * (1 - sigmoid))
-        return grad_gate, grad_up
+        return _swiglu_gradients(grad, up, sigmoid, gate * sigmoid)
+
+
+def _swiglu_gradients(grad, up, sigmoid, silu):
+    """Gradients (of gate, of up) of `silu(gate) * up` given `grad`, sigmoid(gate) and
+    silu(gate). Built in silu's storage (overwritten): intermediate-sized temporaries are the
+    largest of a backward pass."""
+    grad_up = grad * silu
+    # d silu / d gate = sigmoid * (1 + gate * (1 - sigmoid)) = sigmoid + silu * (1 - sigmoid)
+    derivative = silu.mul_(torch.sub(1, sigmoid)).add_(sigmoid)
+    return derivative.mul_(up).mul_(grad), grad_up
 
 
 class _SwiGLUDown(torch.autograd.Function):
@@ -63,13 +69,7 @@ class _SwiGLUDown(torch.autograd.Function):
             grad_weight = flat_grad.T @ (silu * up).reshape(-1, up.shape[-1])
         if ctx.has_bias and ctx.needs_input_grad[3]:
             grad_bias = flat_grad.sum(0)
-        grad_product = grad @ weight
-        grad_up = grad_product * silu
-        # d silu / d gate = sigmoid + silu * (1 - sigmoid), built in silu's storage: these
-        # intermediate-sized temporaries are the largest of the backward pass
-        derivative = silu.mul_(torch.sub(1, sigmoid)).add_(sigmoid)
-        del sigmoid
-        grad_gate = grad_product.mul_(up).mul_(derivative)
+        grad_gate, grad_up = _swiglu_gradients(grad @ weight, up, sigmoid, silu)
         return grad_gate, grad_up, grad_weight, grad_bias
 
 
