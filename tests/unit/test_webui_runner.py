@@ -71,6 +71,7 @@ def test_one_job_at_a_time(registry, tmp_path):
     assert f"A train job is running in {tmp_path / 'a'}" in str(caught.value)
     assert "train" in caught.value.message("zh") and "正在运行" in caught.value.message("zh")
     assert registry.latest("export") is None
+    wait_for(lambda: "READY" in first.log_path.read_text())  # its SIGINT handler is set by then
     first.abort()
     first.wait(timeout=30)
     second = registry.start("export", "export", "b: 1\n", tmp_path / "b", tmp_path / "b")
