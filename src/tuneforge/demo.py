@@ -36,7 +36,7 @@ def answer(model_path: str, config, question: str) -> str:
 
     from tuneforge.data.example import Message
     from tuneforge.models.loader import load_model
-    from tuneforge.stages.language_model import load_tokenizer_and_template
+    from tuneforge.models.tokenizer import load_tokenizer_and_template
 
     config = replace(config, model=replace(config.model, model_name_or_path=model_path))
     tokenizer, template = load_tokenizer_and_template(config)

@@ -300,7 +300,7 @@ def test_ref_model_loads_frozen_with_its_adapters_merged(tiny_model_dir, prefere
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from tuneforge.stages.runner import load_tokenizer_and_template
+    from tuneforge.models.tokenizer import load_tokenizer_and_template
     from tuneforge.training.arguments import effective_training_arguments
     from tuneforge.training.reference import load_reference
 

@@ -145,7 +145,7 @@ def test_reward_model_learns_and_scores_the_same_after_loading(
 
     # loaded back, it ranks every held-out pair right, with the scores evaluation reported
     from tuneforge.data.pipeline import prepare_data
-    from tuneforge.stages.runner import load_tokenizer_and_template
+    from tuneforge.models.tokenizer import load_tokenizer_and_template
 
     cfg = rm_config(tiny_model_dir, data_dir, out, method)  # the same split, from cache
     tokenizer, template = load_tokenizer_and_template(cfg)

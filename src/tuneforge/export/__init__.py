@@ -52,7 +52,7 @@ def export_model(config: Any) -> ExportResult:
     from tuneforge.export.merge import load_merged_model
     from tuneforge.export.quantize import load_quantized
     from tuneforge.models.loader import set_generation_stops
-    from tuneforge.stages.language_model import load_tokenizer_and_template
+    from tuneforge.models.tokenizer import load_tokenizer_and_template
 
     export, model_config = config.export, config.model
     target = _check_settings(config)  # before the slow part: fail in seconds

@@ -28,7 +28,7 @@ from tuneforge.errors import ConfigError, DataError
 from tuneforge.inference.engine import Engine, Response
 from tuneforge.inference.generation import GenerationSettings, TextAssembler, assemble
 from tuneforge.models.loader import device_type, load_model
-from tuneforge.stages.language_model import load_tokenizer_and_template
+from tuneforge.models.tokenizer import load_tokenizer_and_template
 
 logger = logging.getLogger("tuneforge")
 # LLaMA-Factory writes the .bin when save_safetensors is off

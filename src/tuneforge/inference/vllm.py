@@ -21,7 +21,7 @@ from typing import Any
 from tuneforge.errors import ConfigError, NotAvailableError
 from tuneforge.inference.engine import Engine, Response
 from tuneforge.inference.generation import GenerationSettings
-from tuneforge.stages.language_model import load_tokenizer_and_template
+from tuneforge.models.tokenizer import load_tokenizer_and_template
 
 _END = object()
 

@@ -1,4 +1,7 @@
-"""Loading a tokenizer from a local folder or a hub id."""
+"""Loading a tokenizer from a local folder or a hub id, and binding it to its chat template.
+
+Training, inference and export all start from `load_tokenizer_and_template`, so each depends
+only on models/ and templates/ for it, never on the training stack."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import ConfigError, ModelError
+from tuneforge.templates import template_for
 from tuneforge.utils.hub import hub_reachable, looks_like_path
 
 
@@ -82,3 +86,13 @@ def fit_tokenizer_to_template(
         tokenizer.eos_token = stop_words[0]
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+
+
+def load_tokenizer_and_template(config: Any) -> tuple[Any, Any]:
+    """The tokenizer, fitted to the template's stop words, and the template bound to it."""
+    tokenizer = load_tokenizer(config.model)
+    template = template_for(config.data, tokenizer)
+    fit_tokenizer_to_template(tokenizer, template.stop_words, template.replace_eos)
+    template = template_for(config.data, tokenizer)  # bound again: the EOS may have changed
+    tokenizer.chat_template = template.chat_template  # saved with every checkpoint
+    return tokenizer, template

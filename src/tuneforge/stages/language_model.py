@@ -5,15 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from tuneforge.stages.runner import (
-    load_tokenizer_and_template,
     load_trainable_model,
     prepare_run,
     standard_callbacks,
     train_and_evaluate,
 )
 from tuneforge.training.collate import PaddingFreeCollator, pack_dataset
-
-__all__ = ["load_tokenizer_and_template", "train_language_model"]
 
 
 def train_language_model(config: Any) -> int:

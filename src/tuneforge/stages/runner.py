@@ -19,8 +19,7 @@ from tuneforge.adapters import apply_method, parameter_counts
 from tuneforge.config.loader import write_resolved
 from tuneforge.data.pipeline import PreparedData, prepare_data
 from tuneforge.models.loader import device_type, load_model
-from tuneforge.models.tokenizer import fit_tokenizer_to_template, load_tokenizer
-from tuneforge.templates import template_for
+from tuneforge.models.tokenizer import load_tokenizer_and_template
 from tuneforge.training.arguments import effective_training_arguments
 from tuneforge.training.callbacks import JsonlLogCallback, LossPlotCallback, StopOnSignalCallback
 from tuneforge.training.checkpoints import CheckpointCompleteCallback, resolve_resume
@@ -46,16 +45,6 @@ class PreparedRun:
     template: Any
     data: PreparedData
     stopper: StopOnSignalCallback
-
-
-def load_tokenizer_and_template(config: Any) -> tuple[Any, Any]:
-    """The tokenizer, fitted to the template's stop words, and the template bound to it."""
-    tokenizer = load_tokenizer(config.model)
-    template = template_for(config.data, tokenizer)
-    fit_tokenizer_to_template(tokenizer, template.stop_words, template.replace_eos)
-    template = template_for(config.data, tokenizer)  # bound again: the EOS may have changed
-    tokenizer.chat_template = template.chat_template  # saved with every checkpoint
-    return tokenizer, template
 
 
 def prepare_run(config: Any) -> PreparedRun:
