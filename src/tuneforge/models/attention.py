@@ -135,9 +135,16 @@ def attention_implementation(flash_attn: str, device_type: str) -> str:
         if device_type != "cuda":
             raise ConfigError(f"`flash_attn: {flash_attn}` needs a CUDA GPU; use `auto` on CPU.")
         if not _installed(package):
+            # FlashAttention-3 has no wheel on PyPI: it is built from the flash-attention repo.
+            how = (
+                "pip install 'tuneforge[flash-attn]'"
+                if flash_attn == "fa2"
+                else "build it from the hopper/ folder of https://github.com/Dao-AILab/"
+                "flash-attention (`cd hopper && python setup.py install`; Hopper GPUs only)"
+            )
             raise ConfigError(
                 f"`flash_attn: {flash_attn}` needs the `{package}` package: "
-                f"pip install 'tuneforge[flash-attn]' (or use `flash_attn: auto`)."
+                f"{how} (or use `flash_attn: auto`)."
             )
         return "flash_attention_2" if flash_attn == "fa2" else "flash_attention_3"
     if device_type == "cuda" and _installed("flash_attn"):
