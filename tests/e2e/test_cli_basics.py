@@ -38,7 +38,7 @@ def test_version_and_env():
 
     assert tuneforge("version").stdout.strip() == f"tuneforge {__version__}"
     env = tuneforge("env").stdout
-    for package in ("python", "torch", "transformers", "peft", "trl", "datasets", "accelerate"):
+    for package in ("python", "torch", "transformers", "peft", "datasets", "accelerate"):
         assert f"- {package}: " in env
     assert "CUDA:" in env
 

@@ -4,15 +4,18 @@ import argparse
 import importlib.metadata
 import platform
 
-PACKAGES = (
+# Always listed: what every run imports ("not installed" is itself worth reporting).
+REQUIRED = (
     "torch",
     "transformers",
     "peft",
-    "trl",
     "datasets",
     "accelerate",
     "tokenizers",
     "safetensors",
+)
+# Listed when installed: the extras' libraries.
+OPTIONAL = (
     "vllm",
     "bitsandbytes",
     "liger-kernel",
@@ -55,9 +58,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"- tuneforge: {__version__}")
     print(f"- platform: {platform.platform()}")
     print(f"- python: {platform.python_version()}")
-    for package in PACKAGES:
+    for package in REQUIRED + OPTIONAL:
         version = _version(package)
-        if version != "not installed" or package in PACKAGES[:8]:
+        if version != "not installed" or package in REQUIRED:
             print(f"- {package}: {version}")
     try:
         for line in _device_lines():
