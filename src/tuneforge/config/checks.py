@@ -1,7 +1,11 @@
-"""Cross-field rules, each a small named function that raises ConfigError.
+"""Cross-field rules, each a small named function that raises ConfigError (NotAvailableError
+for what tuneforge does not do yet).
 
 They are LLaMA-Factory's rules (same combinations refused), with messages that say what to
-change. `run_checks` runs them all once, when a config is built.
+change, and the rules the stages and the model loader used to apply when a run started.
+`run_checks` runs them all once, when a config is built, so that every command (and the web
+UI's validation) refuses a config before any model loads. Only what a config alone decides
+lives here; what needs the model, files or the device is checked where those are.
 """
 
 from __future__ import annotations
@@ -9,7 +13,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from tuneforge.errors import ConfigError
+from tuneforge.config.finetuning import uses_reference
+from tuneforge.errors import ConfigError, NotAvailableError
 
 if TYPE_CHECKING:
     from tuneforge.config.loader import Config
@@ -215,3 +220,96 @@ def positive_lengths(config: Config) -> None:
         raise ConfigError(f"`cutoff_len` must be at least 2, got {config.data.cutoff_len}.")
     if config.data.max_samples is not None and config.data.max_samples < 1:
         raise ConfigError(f"`max_samples` must be at least 1, got {config.data.max_samples}.")
+
+
+# Rules the stages applied when they started, in the order they did (after every rule above,
+# which already ran with the config), so that the same error wins as before.
+
+
+@check
+def kto_weights_need_kto(config: Config) -> None:
+    finetuning = config.finetuning
+    if finetuning.stage != "dpo":
+        return
+    for name in ("kto_chosen_weight", "kto_rejected_weight"):
+        if getattr(finetuning, name) != 1.0:  # 1.0 is the default: spelled out, it is harmless
+            raise ConfigError(f"`{name}` applies to `stage: kto`, not dpo; remove it.")
+
+
+@check
+def kto_refuses_dpo_keys(config: Config) -> None:
+    finetuning = config.finetuning
+    if finetuning.stage != "kto":
+        return
+    if finetuning.pref_loss != "sigmoid":
+        raise ConfigError(
+            f"`pref_loss: {finetuning.pref_loss}` applies to `stage: dpo`; KTO has its own loss "
+            "(remove the key)."
+        )
+    if finetuning.ld_alpha is not None:
+        raise ConfigError("`ld_alpha` (LD-DPO) applies to `stage: dpo`, not kto; remove it.")
+
+
+@check
+def ppo_has_no_evaluation(config: Config) -> None:
+    if config.finetuning.stage != "ppo":
+        return
+    if config.data.eval_dataset or config.data.val_size > 0:
+        raise NotAvailableError(
+            "`stage: ppo` does not evaluate yet; remove `eval_dataset` / `val_size`."
+        )
+
+
+@check
+def reference_keys_used(config: Config) -> None:
+    finetuning = config.finetuning
+    # only dpo and kto load their reference by these keys; ppo merges `ref_model_adapters`
+    # into the starting model when `ref_model` is not set
+    if finetuning.stage not in ("dpo", "kto"):
+        return
+    for name in ("ref_model", "precompute_ref_log_probs"):
+        if not uses_reference(finetuning) and getattr(finetuning, name):
+            raise ConfigError(
+                f"`{name}` is not used by `pref_loss: {finetuning.pref_loss}` (a reference-free "
+                "loss); remove it, or choose sigmoid, hinge or ipo."
+            )
+    if not finetuning.ref_model:
+        for name in ("ref_model_adapters", "ref_model_quantization_bit"):
+            if getattr(finetuning, name):
+                raise ConfigError(f"`{name}` applies to `ref_model`, which is not set.")
+
+
+# Rules the model loader applied to every model it loaded, whatever the machine.
+
+
+@check
+def unsloth_not_yet(config: Config) -> None:
+    if config.model.use_unsloth:
+        raise ConfigError(
+            "`use_unsloth` is not supported by tuneforge yet (installed or not); remove it: "
+            "tuneforge's own padding-free batching already gives much of its speed."
+        )
+
+
+@check
+def quantization_backend(config: Config) -> None:
+    model = config.model
+    # bitsandbytes is the only on-the-fly backend; pre-quantized models need no key
+    if model.quantization_bit is not None and model.quantization_method != "bnb":
+        raise NotAvailableError(
+            f"`quantization_method: {model.quantization_method}` is not available yet; "
+            "on-the-fly quantization uses bitsandbytes (`quantization_method: bnb`)."
+        )
+
+
+# Rules of the freeze method that need no model: the layer count bounds come with the model.
+
+
+@check
+def freeze_layers_not_zero(config: Config) -> None:
+    finetuning = config.finetuning
+    if finetuning.finetuning_type == "freeze" and finetuning.freeze_trainable_layers == 0:
+        raise ConfigError(
+            "`freeze_trainable_layers: 0` trains no layer: N trains the last N layers, "
+            "-N the first N (not 0)."
+        )

@@ -13,6 +13,9 @@ APOLLO = "the APOLLO optimizer"
 BADAM = "the BAdam optimizer"
 SWANLAB = "SwanLab's callback (use report_to: swanlab)"
 OFT = "OFT adapters"
+# The `pref_loss` values that compare the policy with itself only: no reference model. Here,
+# beside the key, so that config checks and training read the same fact.
+REFERENCE_FREE = ("orpo", "simpo")
 
 
 @dataclass(frozen=True)
@@ -134,3 +137,8 @@ class FinetuningConfig:
     swanlab_logdir: str | None = key(None, "SwanLab log folder", not_yet=SWANLAB)
     swanlab_lark_webhook_url: str | None = key(None, "SwanLab Lark webhook", not_yet=SWANLAB)
     swanlab_lark_secret: str | None = key(None, "SwanLab Lark secret", not_yet=SWANLAB)
+
+
+def uses_reference(finetuning: FinetuningConfig) -> bool:
+    """Whether the dpo/kto loss compares against a reference model (KTO always does)."""
+    return finetuning.stage == "kto" or finetuning.pref_loss not in REFERENCE_FREE

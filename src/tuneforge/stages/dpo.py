@@ -5,18 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.errors import ConfigError
 from tuneforge.stages.preference import train_on_preferences
 
 PLOT_KEYS = ("rewards/accuracies", "rewards/margins", "eval_rewards/accuracies")
 
 
 def run(config: Any) -> int:
-    finetuning = config.finetuning
-    for name in ("kto_chosen_weight", "kto_rejected_weight"):
-        if getattr(finetuning, name) != 1.0:
-            raise ConfigError(f"`{name}` applies to `stage: kto`, not dpo; remove it.")
-
+    # kto's keys were refused with the config (config/checks.py: kto_weights_need_kto)
     from tuneforge.training.preference_collate import PairwiseCollator
     from tuneforge.training.preference_trainer import DPOTrainer
 

@@ -6,22 +6,13 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from tuneforge.errors import ConfigError
 from tuneforge.stages.preference import train_on_preferences
 
 PLOT_KEYS = ("rewards/chosen", "rewards/margins", "kl")
 
 
 def run(config: Any) -> int:
-    finetuning = config.finetuning
-    if finetuning.pref_loss != "sigmoid":
-        raise ConfigError(
-            f"`pref_loss: {finetuning.pref_loss}` applies to `stage: dpo`; KTO has its own loss "
-            "(remove the key)."
-        )
-    if finetuning.ld_alpha is not None:
-        raise ConfigError("`ld_alpha` (LD-DPO) applies to `stage: dpo`, not kto; remove it.")
-
+    # DPO-only keys were refused with the config (config/checks.py: kto_refuses_dpo_keys)
     from tuneforge.training.preference_collate import KTOCollator, with_kl_responses
     from tuneforge.training.preference_trainer import KTOTrainer
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from tuneforge.errors import NotAvailableError
 from tuneforge.stages.rm import starting_value_head
 from tuneforge.stages.runner import (
     load_trainable_model,
@@ -21,10 +20,7 @@ def run(config: Any) -> int:
     from tuneforge.training.ppo import PPOTrainer
     from tuneforge.training.ppo_models import reference, reward_scorer
 
-    if config.data.eval_dataset or config.data.val_size > 0:
-        raise NotAvailableError(
-            "`stage: ppo` does not evaluate yet; remove `eval_dataset` / `val_size`."
-        )
+    # evaluation data was refused with the config (config/checks.py: ppo_has_no_evaluation)
     run = prepare_run(config)
     language_model = load_trainable_model(config, run)
     policy = ModelWithValueHead(language_model, starting_value_head(config, language_model))

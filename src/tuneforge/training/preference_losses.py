@@ -31,8 +31,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from tuneforge.config.finetuning import REFERENCE_FREE  # noqa: F401 - declared beside pref_loss
+
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "orpo", "simpo")
-REFERENCE_FREE = ("orpo", "simpo")
 AVERAGED = ("ipo", "orpo", "simpo")  # these compare per-token average log-probabilities
 
 

@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from tuneforge.errors import ConfigError, ModelError
-from tuneforge.training.preference_losses import REFERENCE_FREE
+from tuneforge.config.finetuning import uses_reference
+from tuneforge.errors import ModelError
 
 logger = logging.getLogger("tuneforge")
 
@@ -38,11 +38,6 @@ class Reference:
     model: Any | None = None
 
 
-def uses_reference(finetuning: Any) -> bool:
-    """Whether the stage's loss compares against a reference model."""
-    return finetuning.stage == "kto" or finetuning.pref_loss not in REFERENCE_FREE
-
-
 def load_reference(config: Any, run: Any) -> Reference | None:
     """The reference for `config` (None for the reference-free losses orpo and simpo).
 
@@ -54,7 +49,7 @@ def load_reference(config: Any, run: Any) -> Reference | None:
         A Reference, or None when the loss needs none.
     """
     finetuning = config.finetuning
-    _check_reference_keys(finetuning)
+    # the reference keys were checked with the config (config/checks.py: reference_keys_used)
     if not uses_reference(finetuning):
         return None
     if finetuning.ref_model:
@@ -75,20 +70,6 @@ def load_reference(config: Any, run: Any) -> Reference | None:
         return Reference()
     logger.info("Reference model: a frozen copy of %s.", config.model.model_name_or_path)
     return Reference(load_frozen_model(config, run, config.model.model_name_or_path))
-
-
-def _check_reference_keys(finetuning: Any) -> None:
-    """Refuses reference keys that would be ignored."""
-    for name in ("ref_model", "precompute_ref_log_probs"):
-        if not uses_reference(finetuning) and getattr(finetuning, name):
-            raise ConfigError(
-                f"`{name}` is not used by `pref_loss: {finetuning.pref_loss}` (a reference-free "
-                "loss); remove it, or choose sigmoid, hinge or ipo."
-            )
-    if not finetuning.ref_model:
-        for name in ("ref_model_adapters", "ref_model_quantization_bit"):
-            if getattr(finetuning, name):
-                raise ConfigError(f"`{name}` applies to `ref_model`, which is not set.")
 
 
 def load_frozen_model(
