@@ -59,10 +59,7 @@ def test_varlen_attention_isolates_examples_on_cuda(tiny_model_dir):
     features = [{"input_ids": list(range(10, 10 + n))} for n in (5, 17, 9)]
 
     def losses(batch_features):
-        batch = {
-            k: v.cuda() if torch.is_tensor(v) else v
-            for k, v in PaddingFreeCollator()(batch_features).items()
-        }
+        batch = PaddingFreeCollator()(batch_features).to("cuda")
         with torch.no_grad():
             return token_losses(model, batch)[0]
 

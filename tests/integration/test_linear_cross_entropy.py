@@ -7,13 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.data.encode import IGNORE_INDEX
 from tuneforge.training import linear_cross_entropy as fused
 from tuneforge.training.collate import PaddingFreeCollator
-from tuneforge.training.loss import BATCH_ONLY_KEYS, language_model_loss, token_losses
+from tuneforge.training.loss import language_model_loss, token_losses
 
 
-def batch(seed: int = 0) -> dict:
+def batch(seed: int = 0) -> PaddingFreeBatch:
     generator = torch.Generator().manual_seed(seed)
     features = []
     for length in (9, 23, 14, 5):
@@ -22,10 +23,6 @@ def batch(seed: int = 0) -> dict:
             {"input_ids": ids, "labels": [IGNORE_INDEX] * (length // 3) + ids[length // 3 :]}
         )
     return PaddingFreeCollator()(features)
-
-
-def model_inputs(inputs: dict) -> dict:
-    return {k: v for k, v in inputs.items() if k not in BATCH_ONLY_KEYS}
 
 
 def unfused_loss(model, inputs, denominator):
@@ -92,8 +89,8 @@ def test_full_model_loss_and_every_gradient_match(model):
     loss.backward()
     got = gradients(model)
 
-    assert fused.fused_output_layer(model, model_inputs(inputs), torch.arange(3)) is model.lm_head
-    assert trained == int((inputs["shift_labels"] != IGNORE_INDEX).sum())
+    assert fused.fused_output_layer(model, inputs.model_inputs(), torch.arange(3)) is model.lm_head
+    assert trained == int((inputs.targets != IGNORE_INDEX).sum())
     torch.testing.assert_close(loss, expected, rtol=1e-5, atol=1e-6)
     assert got.keys() == wanted.keys()
     assert {"lm_head.weight", "model.embed_tokens.weight"} & got.keys()  # the output weight trained
@@ -133,7 +130,7 @@ def test_models_whose_logits_are_transformed_keep_the_unfused_path(model):
     capped = type("CappedForCausalLM", (type(model),), {"forward": capped_forward})
     model.__class__ = capped
     inputs = batch(5)
-    assert fused.fused_output_layer(model, model_inputs(inputs), torch.arange(4)) is None
+    assert fused.fused_output_layer(model, inputs.model_inputs(), torch.arange(4)) is None
     loss, _ = language_model_loss(model, inputs, 20)
     torch.testing.assert_close(loss, unfused_loss(model, inputs, 20))
 
@@ -142,7 +139,7 @@ def test_a_lora_wrapped_output_layer_is_not_fused(model):
     from peft import LoraConfig, get_peft_model
 
     lora = get_peft_model(model, LoraConfig(r=4, target_modules=["lm_head", "q_proj"]))
-    assert fused.fused_output_layer(lora, model_inputs(batch()), torch.arange(4)) is None
+    assert fused.fused_output_layer(lora, batch().model_inputs(), torch.arange(4)) is None
 
 
 def test_no_gradient_no_fusion(model):

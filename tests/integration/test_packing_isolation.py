@@ -38,7 +38,7 @@ def per_example_losses(model, features):
     batch = PaddingFreeCollator()(features)
     with torch.no_grad():
         losses, keep = token_losses(model, batch)
-    bounds = batch["cu_seq_lens_q"].tolist()
+    bounds = batch.cu_seq_lens.tolist()
     return [losses[(keep >= start) & (keep < end)] for start, end in itertools.pairwise(bounds)]
 
 
@@ -77,10 +77,10 @@ def test_padding_free_matches_a_padded_batch(tiny_model_dir):
 
 def test_targets_never_cross_example_boundaries():
     batch = PaddingFreeCollator()([{"input_ids": [1, 2, 3]}, {"input_ids": [4, 5]}])
-    assert batch["input_ids"].tolist() == [[1, 2, 3, 4, 5]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
-    assert batch["shift_labels"].tolist() == [[2, 3, IGNORE_INDEX, 5, IGNORE_INDEX]]
-    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5]
+    assert batch.input_ids.tolist() == [[1, 2, 3, 4, 5]]
+    assert batch.position_ids.tolist() == [[0, 1, 2, 0, 1]]
+    assert batch.targets.tolist() == [[2, 3, IGNORE_INDEX, 5, IGNORE_INDEX]]
+    assert batch.cu_seq_lens.tolist() == [0, 3, 5]
 
 
 def test_a_packed_row_collates_like_its_examples():
@@ -91,8 +91,8 @@ def test_a_packed_row_collates_like_its_examples():
         "lengths": [len(f["input_ids"]) for f in features],
     }
     packed, separate = PaddingFreeCollator()([row]), PaddingFreeCollator()(features)
-    for key in ("input_ids", "position_ids", "shift_labels", "cu_seq_lens_q"):
-        assert torch.equal(packed[key], separate[key])
+    for key in ("input_ids", "position_ids", "targets", "cu_seq_lens"):
+        assert torch.equal(getattr(packed, key), getattr(separate, key))
 
 
 def test_pack_fills_bins_without_overflow():

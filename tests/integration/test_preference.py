@@ -120,8 +120,7 @@ def base_model(tiny_model_dir, like):
 def check_reference(trainer, tiny_model_dir, stage, loss):
     """LoRA: no reference model, the policy with adapters off scores like the base model.
     full: a separate frozen model that scores like the base model. orpo/simpo: none."""
-    from tuneforge.training.preference_collate import model_row
-    from tuneforge.training.preference_trainer import response_log_probs
+    from tuneforge.training.loss import sequence_log_probs
 
     if stage == "dpo" and loss in ("orpo", "simpo"):
         assert trainer.reference is None
@@ -136,8 +135,8 @@ def check_reference(trainer, tiny_model_dir, stage, loss):
     base = base_model(tiny_model_dir, policy)
     with torch.no_grad():
         reference = trainer.reference_log_probs(trainer.model, batch)
-        expected, _ = response_log_probs(base, model_row(batch))
-        trained, _ = response_log_probs(policy.eval(), model_row(batch))
+        expected, _ = sequence_log_probs(base, batch)
+        trained, _ = sequence_log_probs(policy.eval(), batch)
     assert torch.allclose(reference, expected, atol=1e-4)
     assert not torch.allclose(trained, expected, atol=1e-2), "the policy did not move"
 

@@ -144,18 +144,23 @@ def test_passes_of_at_most_cutoff_len_tokens_give_the_same_training(tiny_model_d
         "cutoff_len": 64,
         "per_device_train_batch_size": 8,
     }
-    from tuneforge.training import trainer
+    from tuneforge.data.batch import PaddingFreeBatch
 
     passes = []
-    real_split = trainer.split_row
-    trainer.split_row = lambda batch, budget: passes.append(real_split(batch, budget)) or passes[-1]
+    real_passes = PaddingFreeBatch.passes
+
+    def recorded_passes(batch, budget):
+        passes.append(real_passes(batch, budget))
+        return passes[-1]
+
+    PaddingFreeBatch.passes = recorded_passes
     split = training_config(tiny_model_dir, tmp_path / "split" / "out", **keys)
     try:
         assert run_stage(split) == 0
     finally:
-        trainer.split_row = real_split
+        PaddingFreeBatch.passes = real_passes
     assert len(passes) == 4 and all(len(rows) > 1 for rows in passes)  # really split
-    assert all(row["input_ids"].shape[1] <= 64 for rows in passes for row in rows)
+    assert all(row.num_tokens <= 64 for rows in passes for row in rows)
     original = language_model.pass_tokens
     language_model.pass_tokens = lambda config, model: None
     try:

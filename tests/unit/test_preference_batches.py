@@ -1,4 +1,4 @@
-"""KTO batches (examples, then mismatched pairs), splitting a row, precomputed reference
+"""KTO batches (examples, then mismatched pairs), cutting a row in halves, precomputed reference
 columns, and per-sequence log-probabilities with LD-DPO weights."""
 
 from __future__ import annotations
@@ -7,18 +7,16 @@ import datasets
 import pytest
 import torch
 
+from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.data.encode import IGNORE_INDEX
-from tuneforge.training.collate import padding_free_row
 from tuneforge.training.loss import sequence_log_probs
 from tuneforge.training.preference_collate import (
     KTOCollator,
     PairwiseCollator,
     WithReferenceLogProbs,
     prompt_and_response,
-    split_row,
     with_kl_responses,
 )
-from tuneforge.training.preference_trainer import response_log_probs
 
 FEEDBACK = {
     "prompt_ids": [[5, 6, 7], [13, 14], [20]],
@@ -49,13 +47,13 @@ def test_a_borrowed_response_is_cut_to_fit_the_cutoff():
 def test_kto_row_holds_the_examples_then_their_mismatched_pairs():
     dataset = with_kl_responses(datasets.Dataset.from_dict(FEEDBACK), cutoff_len=64)
     batch = KTOCollator()(list(dataset))
-    assert batch["kto_tags"].tolist() == [True, False, True]
-    assert batch["cu_seq_lens_q"].tolist() == [0, 5, 10, 15, 22, 26, 30]
-    ids = batch["input_ids"][0].tolist()
+    assert batch.kto_tags.tolist() == [True, False, True]
+    assert batch.cu_seq_lens.tolist() == [0, 5, 10, 15, 22, 26, 30]
+    ids = batch.input_ids[0].tolist()
     assert ids[:5] == [5, 6, 7, 8, 9]  # prompt 0 + its response
     assert ids[15:22] == [5, 6, 7, 21, 22, 23, 24]  # prompt 0 + the borrowed response
     # only response tokens are targets, in the mismatched pairs too
-    assert batch["shift_labels"][0, 15:22].tolist() == [
+    assert batch.targets[0, 15:22].tolist() == [
         IGNORE_INDEX,
         IGNORE_INDEX,
         21,
@@ -66,30 +64,28 @@ def test_kto_row_holds_the_examples_then_their_mismatched_pairs():
     ]
 
 
-def test_split_row_gives_the_rows_of_each_half():
+def test_selecting_sequences_gives_the_rows_of_each_half():
     sequences = [prompt_and_response(p["prompt_ids"], p["chosen_ids"]) for p in PAIRS]
     sequences += [prompt_and_response(p["prompt_ids"], p["rejected_ids"]) for p in PAIRS]
-    head, tail = split_row(padding_free_row(sequences), 2)
+    batch = PaddingFreeBatch.from_sequences(sequences)
     for half, expected in (
-        (head, padding_free_row(sequences[:2])),
-        (tail, padding_free_row(sequences[2:])),
+        (batch.select_sequences(0, 2), PaddingFreeBatch.from_sequences(sequences[:2])),
+        (batch.select_sequences(2, 4), PaddingFreeBatch.from_sequences(sequences[2:])),
     ):
-        assert half.keys() == expected.keys()
-        for key, value in expected.items():
-            if isinstance(value, torch.Tensor):
-                assert torch.equal(half[key], value), key
-            else:
-                assert half[key] == value, key
+        for key in ("input_ids", "position_ids", "targets", "cu_seq_lens"):
+            assert torch.equal(getattr(half, key), getattr(expected, key)), key
+        assert half.max_length == expected.max_length
+        assert half.model_inputs().keys() == expected.model_inputs().keys()
 
 
 def test_precomputed_reference_columns_follow_the_rows_sequence_order():
     collator = WithReferenceLogProbs(PairwiseCollator(), ("ref_chosen_logps", "ref_rejected_logps"))
-    assert "ref_log_probs" not in collator(PAIRS)
+    assert collator(PAIRS).ref_log_probs is None
     features = [
         {**PAIRS[0], "ref_chosen_logps": -1.0, "ref_rejected_logps": -3.0},
         {**PAIRS[1], "ref_chosen_logps": -2.0, "ref_rejected_logps": -4.0},
     ]
-    assert collator(features)["ref_log_probs"].tolist() == [-1.0, -2.0, -3.0, -4.0]
+    assert collator(features).ref_log_probs.tolist() == [-1.0, -2.0, -3.0, -4.0]
 
 
 @pytest.fixture(scope="module")
@@ -106,20 +102,11 @@ def token_log_probs(model, prompt, response):
     return [logits[len(prompt) - 1 + k, token].item() for k, token in enumerate(response)]
 
 
-def test_response_log_probs_without_ld_equal_sequence_log_probs(eager_model):
-    batch = PairwiseCollator()(PAIRS)
-    with torch.no_grad():
-        ours, counts = response_log_probs(eager_model, batch)
-        expected, expected_counts = sequence_log_probs(eager_model, batch)
-    assert torch.allclose(ours, expected)
-    assert counts.tolist() == expected_counts.tolist() == [2, 4, 3, 1]
-
-
 def test_ld_alpha_weights_tokens_beyond_the_shorter_response(eager_model):
     alpha = 0.25
     batch = PairwiseCollator()(PAIRS)
     with torch.no_grad():
-        weighted, _ = response_log_probs(eager_model, batch, ld_alpha=alpha)
+        weighted, counts = sequence_log_probs(eager_model, batch, ld_alpha=alpha)
     sides = [(p["prompt_ids"], p["chosen_ids"]) for p in PAIRS]
     sides += [(p["prompt_ids"], p["rejected_ids"]) for p in PAIRS]
     shared = [2, 1, 2, 1]  # min(2, 3) for pair 0, min(4, 1) for pair 1
@@ -128,3 +115,4 @@ def test_ld_alpha_weights_tokens_beyond_the_shorter_response(eager_model):
         limit = shared[index]
         expected = sum(tokens[:limit]) + alpha * sum(tokens[limit:])
         assert weighted[index].item() == pytest.approx(expected, abs=1e-4)
+    assert counts.tolist() == [2, 4, 3, 1]  # the weights never change the token counts

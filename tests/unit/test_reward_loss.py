@@ -9,7 +9,8 @@ import torch
 
 from tuneforge.training import ppo_math
 from tuneforge.training.ppo import until_stop
-from tuneforge.training.reward import metric_means, pairwise_metrics, pairwise_reward_loss
+from tuneforge.training.reward import REWARD_METRICS, pairwise_metrics, pairwise_reward_loss
+from tuneforge.training.trainer import MetricTotals
 
 
 def close(actual: torch.Tensor, expected: list) -> None:
@@ -49,14 +50,16 @@ def test_pairwise_loss_is_finite_at_extreme_margins(dtype):
 
 
 def test_pairwise_metrics_average_over_pairs():
-    sums = pairwise_metrics(torch.tensor([1.0, -1.0, 3.0]), torch.tensor([0.0, 0.0, 1.0]))
-    means = metric_means(sums, "eval_")
-    assert means == {
-        "eval_rewards/chosen": 1.0,
-        "eval_rewards/rejected": pytest.approx(1 / 3, abs=1e-4),
-        "eval_rewards/accuracies": pytest.approx(2 / 3, abs=1e-4),
-        "eval_rewards/margins": pytest.approx(2 / 3, abs=1e-4),
+    totals = MetricTotals()
+    totals.add(pairwise_metrics(torch.tensor([1.0, -1.0]), torch.tensor([0.0, 0.0])))
+    totals.add(pairwise_metrics(torch.tensor([3.0]), torch.tensor([1.0])))  # a second batch
+    assert totals.pop_means(REWARD_METRICS) == {
+        "rewards/chosen": 1.0,
+        "rewards/rejected": pytest.approx(1 / 3, abs=1e-4),
+        "rewards/accuracies": pytest.approx(2 / 3, abs=1e-4),
+        "rewards/margins": pytest.approx(2 / 3, abs=1e-4),
     }
+    assert totals.pop_means(REWARD_METRICS) == {}  # read once: the next window starts empty
 
 
 def test_kl_penalty_per_token_and_score_at_the_last_token():

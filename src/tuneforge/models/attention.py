@@ -1,12 +1,13 @@
 """Attention for padding-free batches.
 
-A padding-free batch is one row holding several examples back to back, each with positions
-0..n-1 (`position_ids`) and its boundaries in `cu_seq_lens_q` (cumulative lengths). Attention
-must stay inside each example. transformers handles such rows in two ways: FlashAttention-2
-reads the boundaries natively; sdpa and eager build a block-diagonal (length x length) mask,
-which costs memory and compute quadratic in the whole row. `varlen_sdpa` instead runs
-PyTorch's scaled_dot_product_attention once per example with `is_causal=True`: no mask, no
-work across examples, and the fused (flash) kernels of the CPU and CUDA backends stay usable.
+A padding-free batch (data/batch.py) is one row holding several examples back to back, each
+with positions 0..n-1 (`position_ids`) and its boundaries in `cu_seq_lens_q` (cumulative
+lengths). Attention must stay inside each example. transformers handles such rows in two ways:
+FlashAttention-2 reads the boundaries natively; sdpa and eager build a block-diagonal
+(length x length) mask, which costs memory and compute quadratic in the whole row.
+`varlen_sdpa` instead runs PyTorch's scaled_dot_product_attention once per example with
+`is_causal=True`: no mask, no work across examples, and the fused (flash) kernels of the CPU
+and CUDA backends stay usable.
 """
 
 from __future__ import annotations
@@ -18,25 +19,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tuneforge.data.batch import sequence_bounds
+
 logger = logging.getLogger("tuneforge")
 
 VARLEN = "tuneforge_varlen"
-
-
-def segment_bounds(module_kwargs: dict[str, Any], length: int) -> list[int] | None:
-    """Example boundaries in a packed row: from `cu_seq_lens_q`, else from `position_ids`
-    restarting at 0; None when the row holds a single sequence."""
-    cu = module_kwargs.get("cu_seq_lens_q")
-    if cu is None:
-        positions = module_kwargs.get("position_ids")
-        if positions is None or positions.shape[0] != 1:
-            return None
-        starts = (positions[0] == 0).nonzero().flatten().tolist()
-        if len(starts) <= 1:
-            return None
-        return [*starts, length]
-    bounds = cu.tolist() if torch.is_tensor(cu) else list(cu)
-    return bounds if len(bounds) > 2 else None
 
 
 def varlen_sdpa(
@@ -59,7 +46,7 @@ def varlen_sdpa(
     grouped = query.shape[1] != key.shape[1]
     dropout = dropout if module.training else 0.0
     length = query.shape[2]
-    bounds = segment_bounds(kwargs, length) if query.shape[0] == 1 else None
+    bounds = sequence_bounds(kwargs, length) if query.shape[0] == 1 else None
     if attention_mask is not None and bounds is None:
         output = F.scaled_dot_product_attention(
             query,

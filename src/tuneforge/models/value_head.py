@@ -7,7 +7,7 @@ LLaMA-Factory (TRL's `AutoModelForCausalLMWithValueHead`), so reward models trai
 tool load in the other. The language model's own files stay exactly what `save_pretrained`
 writes, so a reward model's weights load with plain transformers / peft too.
 
-A padding-free batch (one row of several sequences, see training/collate.py) is scored at each
+A padding-free batch (one row of several sequences, see data/batch.py) is scored at each
 sequence's last token: that position has read the whole sequence.
 """
 
@@ -18,9 +18,8 @@ from typing import Any
 
 import torch
 
+from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.errors import ModelError
-from tuneforge.training.loss import BATCH_ONLY_KEYS
-from tuneforge.training.preference_collate import sequence_ends
 
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_HEAD_BIN = "value_head.bin"  # LLaMA-Factory writes this with save_safetensors: false
@@ -53,7 +52,7 @@ class ModelWithValueHead(torch.nn.Module):
         return self.pretrained_model.config
 
     def forward(
-        self, batch: dict[str, Any], positions: torch.Tensor, with_logits: bool = False
+        self, batch: PaddingFreeBatch, positions: torch.Tensor, with_logits: bool = False
     ) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Values (and, if asked, next-token logits) at `positions` of a one-row batch.
 
@@ -63,10 +62,9 @@ class ModelWithValueHead(torch.nn.Module):
         Returns:
             (logits [len(positions), vocab] or None, values [len(positions)]).
         """
-        inputs = {k: v for k, v in batch.items() if k not in BATCH_ONLY_KEYS}
         keep = positions if with_logits else positions[:0]
         output = self.pretrained_model(
-            **inputs, logits_to_keep=keep, output_hidden_states=True, use_cache=False
+            **batch.model_inputs(), logits_to_keep=keep, output_hidden_states=True, use_cache=False
         )
         values = self.v_head(output.hidden_states[-1][0, positions])
         return (output.logits[0] if with_logits else None), values
@@ -84,10 +82,9 @@ class ModelWithValueHead(torch.nn.Module):
             save_value_head(self.v_head, folder)
 
 
-def sequence_scores(model: ModelWithValueHead, batch: dict[str, Any]) -> torch.Tensor:
+def sequence_scores(model: ModelWithValueHead, batch: PaddingFreeBatch) -> torch.Tensor:
     """One score per sequence of a padding-free row: the value at its last token."""
-    ends = sequence_ends(batch).to(batch["input_ids"].device)
-    return model(batch, ends)[1]
+    return model(batch, batch.sequence_ends())[1]
 
 
 def new_value_head(model: Any) -> ValueHead:

@@ -1,10 +1,7 @@
-"""Padding-free batches and packing.
+"""Collating language-model examples into padding-free batches, and packing.
 
-A batch is ONE row: its examples back to back, each with positions 0..n-1 and its boundaries
-in `cu_seq_lens_*`, so attention never crosses examples (see models/attention.py) and no
-compute is spent on padding. The loss targets are shifted within each example here, once:
-`shift_labels[i]` is the token position i must predict, -100 where nothing is trained (prompt
-tokens, the last token of each example).
+A batch is ONE row of its examples back to back (data/batch.py: PaddingFreeBatch), so attention
+never crosses examples and no compute is spent on padding.
 
 Packing (`packing: true`) only changes what one dataset row holds: several examples, filled
 into bins of at most cutoff_len tokens, with their lengths in a `lengths` column. The collator
@@ -16,42 +13,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
-
-from tuneforge.data.encode import IGNORE_INDEX
-
-
-def padding_free_row(sequences: list[tuple[list[int], list[int]]]) -> dict[str, Any]:
-    """One padding-free row from (input_ids, labels) pairs, labels shifted within each one."""
-    input_ids: list[int] = []
-    targets: list[int] = []
-    positions: list[int] = []
-    for ids, labels in sequences:
-        input_ids += ids
-        targets += [*labels[1:], IGNORE_INDEX]
-        positions += range(len(ids))
-    lengths = [len(ids) for ids, _ in sequences]
-    cu_seq_lens = torch.tensor([0, *lengths]).cumsum(0, dtype=torch.int32)
-    shift_labels = torch.tensor([targets])
-    longest = max(lengths)
-    return {
-        "input_ids": torch.tensor([input_ids]),
-        "position_ids": torch.tensor([positions]),
-        # `labels` is what the Trainer looks for; both hold the already-shifted targets
-        "labels": shift_labels,
-        "shift_labels": shift_labels,
-        "cu_seq_lens_q": cu_seq_lens,
-        "cu_seq_lens_k": cu_seq_lens,
-        "max_length_q": longest,
-        "max_length_k": longest,
-    }
+from tuneforge.data.batch import PaddingFreeBatch
 
 
 @dataclass(frozen=True)
 class PaddingFreeCollator:
     """Collates encoded examples ({input_ids, labels?, lengths?}) into one packed row."""
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> PaddingFreeBatch:
         sequences: list[tuple[list[int], list[int]]] = []
         for feature in features:
             ids = list(feature["input_ids"])
@@ -60,7 +29,7 @@ class PaddingFreeCollator:
             for length in feature.get("lengths") or [len(ids)]:
                 sequences.append((ids[start : start + length], labels[start : start + length]))
                 start += length
-        return padding_free_row(sequences)
+        return PaddingFreeBatch.from_sequences(sequences)
 
 
 def pack(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -94,32 +63,3 @@ def pack_dataset(dataset: Any, capacity: int) -> Any:
             rows[name].append([token for i in members for token in values[name][i]])
         rows["lengths"].append([lengths[i] for i in members])
     return datasets.Dataset.from_dict(rows)
-
-
-def split_row(batch: dict[str, Any], max_tokens: int) -> list[dict[str, Any]]:
-    """A padding-free row cut into consecutive rows of whole examples, each of at most
-    `max_tokens` tokens (an example longer than that is a row of its own)."""
-    bounds = batch["cu_seq_lens_q"].tolist()
-    groups: list[list[int]] = [[0]]
-    for end in bounds[1:]:
-        if end - groups[-1][0] > max_tokens and groups[-1][-1] != groups[-1][0]:
-            groups.append([groups[-1][-1]])
-        groups[-1].append(end)
-    rows = []
-    for group in groups:
-        start, stop = group[0], group[-1]
-        cu_seq_lens = torch.tensor([end - start for end in group], dtype=torch.int32)
-        longest = int(cu_seq_lens.diff().max())
-        row = {
-            name: value[:, start:stop]
-            for name, value in batch.items()
-            if isinstance(value, torch.Tensor) and value.dim() == 2
-        }
-        row.update(
-            cu_seq_lens_q=cu_seq_lens,
-            cu_seq_lens_k=cu_seq_lens,
-            max_length_q=longest,
-            max_length_k=longest,
-        )
-        rows.append(row)
-    return rows

@@ -34,7 +34,7 @@ from torch.nn.utils.rnn import pad_sequence
 from transformers.trainer_callback import ExportableState, TrainerState
 from transformers.trainer_utils import TrainOutput, speed_metrics
 
-from tuneforge.data.encode import IGNORE_INDEX
+from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.training import ppo_math
 from tuneforge.training.ppo_models import sequences_row
 from tuneforge.training.predict import generate_batch, generation_kwargs
@@ -234,14 +234,15 @@ class PPOTrainer(ValueHeadSaving, Trainer):
             scores.append(self.reward(chunk, answers))
         return responses, torch.cat(scores).to(self.args.device)
 
-    def response_outputs(self, model: Any, row: dict[str, Any]) -> tuple[torch.Tensor, ...]:
+    def response_outputs(
+        self, model: Any, row: PaddingFreeBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probability and value of every response token of a `sequences_row`, in order
         (flat: split them by response length)."""
-        targets = row["shift_labels"][0]
-        keep = (targets != IGNORE_INDEX).nonzero().flatten()
+        keep = row.trained_positions()
         with self.autocast_smart_context_manager():
             logits, values = model(row, keep, with_logits=True)
-        log_probs = -F.cross_entropy(logits.float(), targets[keep], reduction="none")
+        log_probs = -F.cross_entropy(logits.float(), row.targets[0, keep], reduction="none")
         return log_probs, values.float()
 
     @torch.no_grad()

@@ -24,9 +24,9 @@ from typing import Any, Protocol
 
 import torch
 
+from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.errors import ModelError
 from tuneforge.models.value_head import ModelWithValueHead, require_value_head, sequence_scores
-from tuneforge.training.collate import padding_free_row
 from tuneforge.training.loss import token_losses
 from tuneforge.training.preference_collate import prompt_and_response
 
@@ -41,10 +41,12 @@ class RewardScorer(Protocol):
         ...
 
 
-def sequences_row(prompts: list[list[int]], responses: list[list[int]], device: Any) -> dict:
+def sequences_row(
+    prompts: list[list[int]], responses: list[list[int]], device: Any
+) -> PaddingFreeBatch:
     """A padding-free row of prompt + response sequences; the responses are the targets."""
-    row = padding_free_row([prompt_and_response(p, r) for p, r in zip(prompts, responses)])
-    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in row.items()}
+    sequences = [prompt_and_response(p, r) for p, r in zip(prompts, responses)]
+    return PaddingFreeBatch.from_sequences(sequences).to(device)
 
 
 class AdapterRewardScorer:
@@ -154,7 +156,7 @@ class ReferenceLogProbs:
         self.frozen = frozen  # None: the policy with its adapters disabled
 
     @torch.no_grad()
-    def __call__(self, row: dict[str, Any]) -> torch.Tensor:
+    def __call__(self, row: PaddingFreeBatch) -> torch.Tensor:
         if self.frozen is not None:
             return -token_losses(self.frozen, row)[0]
         with self.policy.pretrained_model.disable_adapter():

@@ -1,21 +1,23 @@
 """Padding-free batches of preference pairs.
 
 A pairwise example is stored once as prompt, chosen and rejected token ids (data/encode.py).
-The collator turns a micro-batch of n pairs into ONE padding-free row of 2n sequences: every
-`prompt + chosen` first, then every `prompt + rejected`, so a single forward scores both sides
-with attention isolated per sequence and no pad compute. Only response tokens are targets.
-Sequence i and i + n are the two sides of pair i.
+The collator turns a micro-batch of n pairs into ONE padding-free row of 2n sequences
+(data/batch.py): every `prompt + chosen` first, then every `prompt + rejected`, so a single
+forward scores both sides with attention isolated per sequence and no pad compute. Only
+response tokens are targets. Sequence i and i + n are the two sides of pair i.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.data.encode import IGNORE_INDEX
-from tuneforge.training.collate import padding_free_row
 
 
 def prompt_and_response(prompt: list[int], response: list[int]) -> tuple[list[int], list[int]]:
@@ -27,60 +29,13 @@ def prompt_and_response(prompt: list[int], response: list[int]) -> tuple[list[in
 class PairwiseCollator:
     """{prompt_ids, chosen_ids, rejected_ids} features -> one row: chosen sides, then rejected."""
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> PaddingFreeBatch:
         chosen = [prompt_and_response(f["prompt_ids"], f["chosen_ids"]) for f in features]
         rejected = [prompt_and_response(f["prompt_ids"], f["rejected_ids"]) for f in features]
-        return padding_free_row(chosen + rejected)
+        return PaddingFreeBatch.from_sequences(chosen + rejected)
 
 
-def sequence_ends(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Index in the row of each sequence's last token (where a reward head reads its score)."""
-    return batch["cu_seq_lens_q"][1:].long() - 1
-
-
-def sequence_of_positions(batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """For every position of the row, the index of the sequence it belongs to."""
-    lengths = batch["cu_seq_lens_q"].diff().long()
-    return torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-
-
-# --- KTO, precomputed reference log-probabilities, splitting a row -------------------------
-
-# The keys of a padding-free row (training/collate.py); anything else in a batch is not for
-# the model.
-ROW_KEYS = (
-    "input_ids",
-    "position_ids",
-    "labels",
-    "shift_labels",
-    "cu_seq_lens_q",
-    "cu_seq_lens_k",
-    "max_length_q",
-    "max_length_k",
-)
-_TOKEN_KEYS = ("input_ids", "position_ids", "labels", "shift_labels")
-
-
-def model_row(batch: dict[str, Any]) -> dict[str, Any]:
-    """The padding-free row of a batch, without the stage's extra keys (tags, reference
-    log-probabilities)."""
-    return {key: batch[key] for key in ROW_KEYS}
-
-
-def split_row(batch: dict[str, Any], count: int) -> tuple[dict[str, Any], dict[str, Any]]:
-    """A row's first `count` sequences and the rest, as two padding-free rows."""
-    row = model_row(batch)
-    bounds = row["cu_seq_lens_q"]
-    cut = int(bounds[count])
-    head_bounds, tail_bounds = bounds[: count + 1], bounds[count:] - cut
-    halves = []
-    for part, part_bounds in ((slice(0, cut), head_bounds), (slice(cut, None), tail_bounds)):
-        half = {key: row[key][:, part] for key in _TOKEN_KEYS}
-        longest = int(part_bounds.diff().max())
-        half |= {"cu_seq_lens_q": part_bounds, "cu_seq_lens_k": part_bounds}
-        half |= {"max_length_q": longest, "max_length_k": longest}
-        halves.append(half)
-    return halves[0], halves[1]
+# --- KTO, precomputed reference log-probabilities ---------------------------------------
 
 
 def with_kl_responses(dataset: Any, cutoff_len: int) -> Any:
@@ -103,12 +58,12 @@ class KTOCollator:
     the n examples, then their n mismatched (prompt, borrowed response) pairs for KTO's KL
     estimate; `kto_tags` [n] says which examples are desirable."""
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> PaddingFreeBatch:
         examples = [prompt_and_response(f["prompt_ids"], f["response_ids"]) for f in features]
         mismatched = [prompt_and_response(f["prompt_ids"], f["kl_response_ids"]) for f in features]
-        batch = padding_free_row(examples + mismatched)
-        batch["kto_tags"] = torch.tensor([bool(f["kto_tag"]) for f in features])
-        return batch
+        batch = PaddingFreeBatch.from_sequences(examples + mismatched)
+        tags = torch.tensor([bool(f["kto_tag"]) for f in features])
+        return dataclasses.replace(batch, kto_tags=tags)
 
 
 @dataclass(frozen=True)
@@ -117,12 +72,14 @@ class WithReferenceLogProbs:
     log-probabilities in `columns` (first half, second half), adds them as `ref_log_probs` [2n],
     in the row's sequence order."""
 
-    collator: Any
+    collator: Callable[[list[dict[str, Any]]], PaddingFreeBatch]
     columns: tuple[str, str]
 
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    def __call__(self, features: list[dict[str, Any]]) -> PaddingFreeBatch:
         batch = self.collator(features)
         if self.columns[0] in features[0]:
             values = [f[column] for column in self.columns for f in features]
-            batch["ref_log_probs"] = torch.tensor(values, dtype=torch.float32)
+            batch = dataclasses.replace(
+                batch, ref_log_probs=torch.tensor(values, dtype=torch.float32)
+            )
         return batch

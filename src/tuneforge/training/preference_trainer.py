@@ -1,14 +1,15 @@
 """Trainers of the preference stages: DPO (and its family: ipo, hinge, orpo, simpo) and KTO.
 
 Both subclass tuneforge's Trainer and differ only in their loss step. A batch is one
-padding-free row (training/preference_collate.py): DPO's n chosen then n rejected sequences,
+padding-free row (data/batch.py, built by training/preference_collate.py): DPO's n chosen then
+n rejected sequences,
 KTO's n examples then their n mismatched pairs. The policy scores it in one forward (KTO's
 mismatched pairs in a second one, without gradients); the reference scores the whole row in one
 forward, or not at all when its log-probabilities were precomputed into the dataset.
 
 Metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
-logps/rejected, KTO's kl) are summed per example between two logging steps and logged as means,
-summed across processes first; evaluation reports the same under the eval_ prefix.
+logps/rejected, KTO's kl) are per-example values, logged and evaluated as means by the base
+Trainer.
 """
 
 from __future__ import annotations
@@ -18,79 +19,21 @@ from typing import Any
 
 import torch
 
-from tuneforge.training.loss import token_losses
-from tuneforge.training.preference_collate import (
-    WithReferenceLogProbs,
-    model_row,
-    split_row,
-)
+from tuneforge.data.batch import PaddingFreeBatch
+from tuneforge.training.loss import sequence_log_probs
+from tuneforge.training.preference_collate import WithReferenceLogProbs
 from tuneforge.training.preference_losses import (
     AVERAGED,
     DPOOptions,
     dpo_loss,
     kto_kl,
     kto_loss,
-    ld_weights,
     sft_term,
 )
 from tuneforge.training.reference import Reference, scoring, scoring_as_reference
-from tuneforge.training.trainer import Trainer
+from tuneforge.training.trainer import Metrics, Trainer
 
 logger = logging.getLogger("tuneforge")
-
-
-def response_log_probs(
-    model: Any, row: dict[str, Any], ld_alpha: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed log-probabilities of each sequence's response tokens, and their counts.
-
-    Args:
-        model: scores the row (logits only at response positions).
-        row: a padding-free row.
-        ld_alpha: LD-DPO's weight of the tokens beyond the shorter response of each pair
-            (see preference_losses.ld_weights); None weighs every token 1.
-
-    Returns:
-        (log_probs [num_sequences], token_counts [num_sequences]).
-    """
-    losses, keep = token_losses(model, row)
-    lengths = row["cu_seq_lens_q"].diff().long()
-    count = len(lengths)
-    owner = torch.repeat_interleave(torch.arange(count, device=keep.device), lengths)[keep]
-    token_log_probs = -losses
-    if ld_alpha is not None:
-        token_log_probs = token_log_probs * ld_weights(owner, count, ld_alpha)
-    log_probs = token_log_probs.new_zeros(count).index_add(0, owner, token_log_probs)
-    return log_probs, torch.bincount(owner, minlength=count)
-
-
-class MetricTotals:
-    """Per-example metric values summed (with their counts) until they are read as means."""
-
-    def __init__(self) -> None:
-        self._totals: dict[str, torch.Tensor] = {}
-
-    def add(self, metrics: dict[str, torch.Tensor]) -> None:
-        for name, values in metrics.items():
-            values = values.detach().float().flatten()
-            total = torch.stack([values.sum(), values.new_tensor(float(values.numel()))])
-            self._totals[name] = self._totals[name] + total if name in self._totals else total
-
-    def clear(self) -> None:
-        self._totals.clear()
-
-    def pop_means(self, names: tuple[str, ...], accelerator: Any) -> dict[str, float]:
-        """Means over everything added since the last call (all processes); names with no
-        values are left out."""
-        device = accelerator.device
-        empty = torch.zeros(2, device=device)
-        totals = torch.stack([self._totals.get(name, empty).to(device) for name in names])
-        self._totals.clear()
-        if accelerator.num_processes > 1:  # every process holds every name, in one order
-            totals = accelerator.reduce(totals, "sum")
-        return {
-            name: (total[0] / total[1]).item() for name, total in zip(names, totals) if total[1] > 0
-        }
 
 
 class PreferenceTrainer(Trainer):
@@ -110,7 +53,6 @@ class PreferenceTrainer(Trainer):
         super().__init__(*args, data_collator=collator, **kwargs)
         self.reference = reference
         self.ld_alpha: float | None = None
-        self._metrics = {"train": MetricTotals(), "eval": MetricTotals()}
         self._precomputed = False
         disable_dropout(self.model)
         if reference is not None and reference.model is not None:
@@ -143,9 +85,9 @@ class PreferenceTrainer(Trainer):
         columns: tuple[list[float], list[float]] = ([], [])
         policy = self.accelerator.unwrap_model(self.model)
         for batch in loader:
-            row = model_row(self._prepare_inputs(batch))
+            row = self._prepare_inputs(batch)
             with scoring_as_reference(self.reference, policy) as scorer:
-                first, second = response_log_probs(scorer, row, self.ld_alpha)[0].chunk(2)
+                first, second = sequence_log_probs(scorer, row, self.ld_alpha)[0].chunk(2)
             columns[0].extend(first.tolist())
             columns[1].extend(second.tolist())
         logger.info(
@@ -155,60 +97,30 @@ class PreferenceTrainer(Trainer):
             dataset = dataset.add_column(name, values)
         return dataset
 
-    def reference_log_probs(self, model: Any, batch: dict[str, Any]) -> torch.Tensor | None:
+    def reference_log_probs(self, model: Any, batch: PaddingFreeBatch) -> torch.Tensor | None:
         """The reference's log-probabilities of every sequence of the batch's row."""
         if self.reference is None:
             return None
-        if "ref_log_probs" in batch:
-            return batch["ref_log_probs"]
+        if batch.ref_log_probs is not None:
+            return batch.ref_log_probs
         if self._precomputed:
             raise RuntimeError("reference log-probabilities were precomputed but are missing")
         policy = self.accelerator.unwrap_model(model)
         with scoring_as_reference(self.reference, policy) as scorer:
-            return response_log_probs(scorer, model_row(batch), self.ld_alpha)[0]
+            return sequence_log_probs(scorer, batch, self.ld_alpha)[0]
 
     def loss_and_metrics(
-        self, model: Any, batch: dict[str, Any]
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        self, model: Any, batch: PaddingFreeBatch, num_items_in_batch: Any = None
+    ) -> tuple[torch.Tensor, Metrics]:
         raise NotImplementedError
 
-    def derived_metrics(self, means: dict[str, float]) -> dict[str, float]:
-        """Metrics computed from the means (KTO's margins)."""
-        return {}
+    def evaluation_loss_and_metrics(
+        self, model: Any, batch: PaddingFreeBatch
+    ) -> tuple[torch.Tensor, Metrics]:
+        return self.loss_and_metrics(model, batch)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, metrics = self.loss_and_metrics(model, inputs)
-        self._metrics["train"].add(metrics)
-        return (loss, None) if return_outputs else loss
-
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        sequences = len(inputs["cu_seq_lens_q"]) - 1
-        self._examples_seen -= sequences // 2  # the base Trainer counts sequences: 2 per example
-        return super().training_step(model, inputs, num_items_in_batch)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss, metrics = self.loss_and_metrics(model, inputs)
-        self._metrics["eval"].add(metrics)
-        return loss.detach(), None, None
-
-    def evaluation_loop(self, *args: Any, **kwargs: Any):
-        self._metrics["eval"].clear()
-        output = super().evaluation_loop(*args, **kwargs)
-        prefix = kwargs.get("metric_key_prefix", "eval")
-        for name, value in self._means("eval").items():
-            output.metrics[f"{prefix}_{name}"] = value
-        return output
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs:  # a training step's line (evaluation adds its own in evaluation_loop)
-            logs.update(self._means("train"))
-        super().log(logs, start_time)
-
-    def _means(self, split: str) -> dict[str, float]:
-        means = self._metrics[split].pop_means(self.metric_names, self.accelerator)
-        return {**means, **self.derived_metrics(means)}
+    def examples_in(self, batch: PaddingFreeBatch) -> int:
+        return batch.num_sequences // 2  # two sequences per example: both sides, or KTO's pair
 
 
 class DPOTrainer(PreferenceTrainer):
@@ -236,8 +148,8 @@ class DPOTrainer(PreferenceTrainer):
         )
         self.ld_alpha = finetuning.ld_alpha
 
-    def loss_and_metrics(self, model, batch):
-        policy, counts = response_log_probs(model, model_row(batch), self.ld_alpha)
+    def loss_and_metrics(self, model, batch, num_items_in_batch=None):
+        policy, counts = sequence_log_probs(model, batch, self.ld_alpha)
         reference = self.reference_log_probs(model, batch)
         pairs = dpo_loss(policy, reference, counts, self.options)
         # the log-probs the loss compared: per-token averages for ipo, orpo and simpo
@@ -260,13 +172,15 @@ class KTOTrainer(PreferenceTrainer):
     metric_names = ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "kl")
     reference_columns = ("ref_logps", "ref_kl_logps")
 
-    def loss_and_metrics(self, model, batch):
+    def loss_and_metrics(self, model, batch, num_items_in_batch=None):
         finetuning = self.finetuning
-        desirable = batch["kto_tags"]
-        examples, mismatched = split_row(batch, desirable.numel())
-        policy, counts = response_log_probs(model, examples)
+        desirable = batch.kto_tags
+        count = desirable.numel()
+        examples = batch.select_sequences(0, count)
+        mismatched = batch.select_sequences(count, 2 * count)
+        policy, counts = sequence_log_probs(model, examples)
         with scoring(self.accelerator.unwrap_model(model)) as scorer:
-            policy_kl = response_log_probs(scorer, mismatched)[0]
+            policy_kl = sequence_log_probs(scorer, mismatched)[0]
         reference, reference_kl = self.reference_log_probs(model, batch).chunk(2)
         kl = kto_kl(policy_kl, reference_kl, self._sum_across_processes)
         losses, rewards = kto_loss(
@@ -293,7 +207,7 @@ class KTOTrainer(PreferenceTrainer):
         }
         return loss, metrics
 
-    def derived_metrics(self, means: dict[str, float]) -> dict[str, float]:
+    def derived_metrics(self, means: dict[str, float], split: str) -> dict[str, float]:
         if "rewards/chosen" in means and "rewards/rejected" in means:
             return {"rewards/margins": means["rewards/chosen"] - means["rewards/rejected"]}
         return {}

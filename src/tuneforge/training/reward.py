@@ -13,8 +13,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.models.value_head import load_value_head, sequence_scores
-from tuneforge.training.trainer import Trainer
+from tuneforge.training.trainer import Metrics, MetricTotals, Trainer
 
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 
@@ -29,24 +30,15 @@ def pairwise_reward_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.
     return -F.logsigmoid(chosen.float() - rejected.float()).mean()
 
 
-def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
-    """Sums over pairs of [chosen score, rejected score, chosen > rejected, margin, 1]."""
+def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> Metrics:
+    """Per-pair values of REWARD_METRICS: the scores, whether chosen wins, the margin."""
     chosen, rejected = chosen.detach().float(), rejected.detach().float()
-    return torch.stack(
-        [
-            chosen.sum(),
-            rejected.sum(),
-            (chosen > rejected).float().sum(),
-            (chosen - rejected).sum(),
-            torch.tensor(float(len(chosen)), device=chosen.device),
-        ]
-    )
-
-
-def metric_means(sums: torch.Tensor, prefix: str = "") -> dict[str, float]:
-    """REWARD_METRICS averaged from `pairwise_metrics` sums."""
-    pairs = max(sums[-1].item(), 1.0)
-    return {f"{prefix}{name}": round(s.item() / pairs, 4) for name, s in zip(REWARD_METRICS, sums)}
+    return {
+        "rewards/chosen": chosen,
+        "rewards/rejected": rejected,
+        "rewards/accuracies": (chosen > rejected).float(),
+        "rewards/margins": chosen - rejected,
+    }
 
 
 class ValueHeadSaving:
@@ -80,65 +72,23 @@ class RewardTrainer(ValueHeadSaving, Trainer):
     # compute_loss returns a mean over this micro-batch's pairs; transformers divides by the
     # accumulation steps
     loss_is_scaled_for_ga = False
+    metric_names = REWARD_METRICS
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._train_sums = torch.zeros(len(REWARD_METRICS) + 1)
-        self._eval_sums = torch.zeros(len(REWARD_METRICS) + 1)
+    def loss_and_metrics(self, model, batch, num_items_in_batch=None):
+        chosen, rejected = sequence_scores(model, batch).chunk(2)
+        return pairwise_reward_loss(chosen, rejected), pairwise_metrics(chosen, rejected)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        chosen, rejected = sequence_scores(model, inputs).chunk(2)
-        loss = pairwise_reward_loss(chosen, rejected)
-        sums = pairwise_metrics(chosen, rejected).cpu()
-        if model.training:
-            self._train_sums += sums
-        else:
-            self._eval_sums += sums
-        return (loss, {"chosen": chosen, "rejected": rejected}) if return_outputs else loss
+    def evaluation_loss_and_metrics(self, model, batch):
+        return self.loss_and_metrics(model, batch)
 
-    def training_step(self, model, inputs, num_items_in_batch=None):
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        # the base counts sequences; a pair (two sequences) is one example
-        self._examples_seen -= (len(inputs["cu_seq_lens_q"]) - 1) // 2
-        return loss
+    def examples_in(self, batch: PaddingFreeBatch) -> int:
+        return batch.num_sequences // 2  # a pair (two sequences) is one example
 
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        if "loss" in logs and self._train_sums[-1] > 0:  # a training log: this window's means
-            logs.update(metric_means(self._reduce(self._train_sums)))
-            self._train_sums.zero_()
-        super().log(logs, start_time)
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            loss = self.compute_loss(model, inputs)
-        return loss.detach(), None, None
-
-    def evaluation_loop(
-        self,
-        dataloader,
-        description,
-        prediction_loss_only=None,
-        ignore_keys=None,
-        metric_key_prefix="eval",
-    ):
-        self._eval_sums.zero_()
-        output = super().evaluation_loop(
-            dataloader,
-            description,
-            prediction_loss_only=prediction_loss_only,
-            ignore_keys=ignore_keys,
-            metric_key_prefix=metric_key_prefix,
-        )
-        prefix = f"{metric_key_prefix}_"
-        means = metric_means(self._reduce(self._eval_sums), prefix)
-        output.metrics.update(means)
-        # LLaMA-Factory's name for the share of pairs ranked right
-        output.metrics[f"{prefix}accuracy"] = means[f"{prefix}rewards/accuracies"]
-        return output
-
-    def _reduce(self, sums: torch.Tensor) -> torch.Tensor:
-        return self.accelerator.reduce(sums.to(self.args.device), "sum").cpu()
+    def derived_metrics(self, means: dict[str, float], split: str) -> dict[str, float]:
+        if split == "eval" and "rewards/accuracies" in means:
+            # LLaMA-Factory's name for the share of pairs ranked right
+            return {"accuracy": means["rewards/accuracies"]}
+        return {}
 
 
 def predict_scores(trainer: Any, dataset: Any, path: str) -> dict[str, float]:
@@ -153,17 +103,17 @@ def predict_scores(trainer: Any, dataset: Any, path: str) -> dict[str, float]:
         return {}
     model = trainer.accelerator.unwrap_model(trainer.model).eval()
     size = trainer.args.per_device_eval_batch_size
-    sums = torch.zeros(len(REWARD_METRICS) + 1)
+    totals = MetricTotals()
     with open(path, "w", encoding="utf-8") as handle:
         for start in range(0, len(dataset), size):
             rows = [dataset[i] for i in range(start, min(start + size, len(dataset)))]
             batch = trainer._prepare_inputs(PairwiseCollator()(rows))
             with torch.no_grad():
                 chosen, rejected = sequence_scores(model, batch).float().chunk(2)
-            sums += pairwise_metrics(chosen, rejected).cpu()
+            totals.add(pairwise_metrics(chosen, rejected))
             for c, r in zip(chosen.tolist(), rejected.tolist()):
                 handle.write(json.dumps({"chosen": round(c, 4), "rejected": round(r, 4)}) + "\n")
     trainer.accelerator.wait_for_everyone()
-    means = metric_means(sums, "predict_")
+    means = {f"predict_{name}": value for name, value in totals.pop_means(REWARD_METRICS).items()}
     means["predict_accuracy"] = means["predict_rewards/accuracies"]
     return means

@@ -1,5 +1,12 @@
 """The one Trainer subclass every stage uses: transformers' Trainer with tuneforge's loss on
-padding-free batches, LoRA+ parameter groups, and token accuracy in evaluation."""
+padding-free batches (data/batch.py), LoRA+ parameter groups, and metrics written once.
+
+A stage's Trainer says what a batch costs and measures in `loss_and_metrics`: the loss, and
+per-example (or per-token) metric values. The base class does the rest, the same way for every
+stage: training logs carry each metric's mean since the last logging step, evaluation reports
+the means over the evaluation set under its prefix (`eval_accuracy`, `eval_rewards/margins`),
+both summed across processes first.
+"""
 
 from __future__ import annotations
 
@@ -9,14 +16,55 @@ from typing import Any
 import torch
 from transformers import Trainer as HFTrainer
 
-from tuneforge.training.collate import split_row
+from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.training.loss import language_model_loss, token_losses
 from tuneforge.training.optimizers import loraplus_groups
 
+Metrics = dict[str, torch.Tensor]
+
+
+class MetricTotals:
+    """Metric values summed (with their counts) until they are read as means."""
+
+    def __init__(self) -> None:
+        self._totals: dict[str, torch.Tensor] = {}
+
+    def add(self, metrics: Metrics) -> None:
+        for name, values in metrics.items():
+            values = values.detach().float().flatten()
+            total = torch.stack([values.sum(), values.new_tensor(float(values.numel()))])
+            self._totals[name] = self._totals[name] + total if name in self._totals else total
+
+    def clear(self) -> None:
+        self._totals.clear()
+
+    def pop_means(self, names: tuple[str, ...], accelerator: Any = None) -> dict[str, float]:
+        """Means over everything added since the last call, on all processes when an
+        `accelerator` is given; names with no values are left out.
+
+        Every process must call this with the same names at the same time: the totals are
+        summed across processes in one collective.
+        """
+        if not names:
+            return {}
+        device = accelerator.device if accelerator is not None else "cpu"
+        empty = torch.zeros(2, device=device)
+        totals = torch.stack([self._totals.get(name, empty).to(device) for name in names])
+        self._totals.clear()
+        if accelerator is not None and accelerator.num_processes > 1:
+            totals = accelerator.reduce(totals, "sum")
+        return {
+            name: (total[0] / total[1]).item() for name, total in zip(names, totals) if total[1] > 0
+        }
+
 
 class Trainer(HFTrainer):
+    """Language modelling (pt, sft); the base of every other stage's Trainer."""
+
     # compute_loss divides by the trained tokens of the whole accumulated batch itself
     loss_is_scaled_for_ga = True
+    # the names `loss_and_metrics` may return, in one order on every process
+    metric_names: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -31,23 +79,104 @@ class Trainer(HFTrainer):
         super().__init__(*args, **kwargs)
         self.finetuning = finetuning
         self.max_pass_tokens = max_pass_tokens
-        self._accuracy = torch.zeros(2, dtype=torch.long)  # correct, counted
+        if finetuning is not None and finetuning.compute_accuracy:
+            self.metric_names = ("accuracy",)
+        self._metrics = {"train": MetricTotals(), "eval": MetricTotals()}
         self._examples_seen = 0  # examples, not rows: a packed row holds several
 
+    # --- what a batch costs: stages override these ------------------------------------
+
+    def loss_and_metrics(
+        self, model: Any, batch: PaddingFreeBatch, num_items_in_batch: Any = None
+    ) -> tuple[torch.Tensor, Metrics]:
+        """A training batch's loss and metric values."""
+        loss, _ = language_model_loss(model, batch, num_items_in_batch)
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            # the denominator counts every device's tokens, and DDP averages the gradients
+            loss = loss * self.accelerator.num_processes
+        return loss, {}
+
+    def evaluation_loss_and_metrics(
+        self, model: Any, batch: PaddingFreeBatch
+    ) -> tuple[torch.Tensor, Metrics]:
+        """An evaluation batch's loss and metric values (under no_grad). For language
+        modelling: the mean over the batch's trained tokens, computed without the fused
+        training loss, and each token's correctness with `compute_accuracy`."""
+        losses, keep, predicted = token_losses(model, batch, with_predictions=True)
+        loss = losses.mean() if keep.numel() else losses.sum()
+        if not self.metric_names:
+            return loss, {}
+        return loss, {"accuracy": predicted == batch.targets[0, keep]}
+
+    def examples_in(self, batch: PaddingFreeBatch) -> int:
+        """How many examples a batch holds (for examples/s): one per sequence here."""
+        return batch.num_sequences
+
+    def derived_metrics(self, means: dict[str, float], split: str) -> dict[str, float]:
+        """Metrics computed from the means (KTO's margins, the reward model's accuracy)."""
+        return {}
+
+    # --- transformers' hooks, written once ----------------------------------------------
+
+    def _prepare_inputs(self, inputs: PaddingFreeBatch) -> PaddingFreeBatch:  # type: ignore[override]
+        return inputs.to(self.args.device)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self._examples_seen += len(inputs["cu_seq_lens_q"]) - 1
+        self._examples_seen += self.examples_in(inputs)
         budget = self.max_pass_tokens
-        if budget is None or inputs["input_ids"].shape[1] <= budget:
+        if budget is None or inputs.num_tokens <= budget:
             return super().training_step(model, inputs, num_items_in_batch)
         # Each pass's loss is divided by the whole batch's trained tokens, so the summed
         # gradients equal one pass over the batch; DDP syncs only on the last pass.
-        passes = split_row(inputs, budget)
+        passes = inputs.passes(budget)
         loss = 0.0
         for index, row in enumerate(passes):
             last = index == len(passes) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
                 loss = loss + super().training_step(model, row, num_items_in_batch)
         return loss
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, metrics = self.loss_and_metrics(model, inputs, num_items_in_batch)
+        self._metrics["train"].add(metrics)
+        return (loss, None) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluation loss and metrics, without gathering logits."""
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad():
+            loss, metrics = self.evaluation_loss_and_metrics(model, inputs)
+        self._metrics["eval"].add(metrics)
+        return loss.detach(), None, None
+
+    def evaluation_loop(
+        self,
+        dataloader,
+        description,
+        prediction_loss_only=None,
+        ignore_keys=None,
+        metric_key_prefix="eval",
+    ):
+        self._metrics["eval"].clear()
+        output = super().evaluation_loop(
+            dataloader,
+            description,
+            prediction_loss_only=prediction_loss_only,
+            ignore_keys=ignore_keys,
+            metric_key_prefix=metric_key_prefix,
+        )
+        for name, value in self._means("eval").items():
+            output.metrics[f"{metric_key_prefix}_{name}"] = value
+        return output
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training step's line (evaluation adds its own in evaluation_loop)
+            logs.update(self._means("train"))
+        super().log(logs, start_time)
+
+    def _means(self, split: str) -> dict[str, float]:
+        means = self._metrics[split].pop_means(self.metric_names, self.accelerator)
+        return {**means, **self.derived_metrics(means, split)}
 
     def train(self, *args: Any, **kwargs: Any):
         """transformers' train(), with examples and effective tokens per second added."""
@@ -60,13 +189,6 @@ class Trainer(HFTrainer):
         tokens = self.state.num_input_tokens_seen  # padding-free: all of them are effective
         result.metrics["effective_tokens_per_sec"] = round(tokens / runtime, 3)
         return result
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, _ = language_model_loss(model, inputs, num_items_in_batch)
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            # the denominator counts every device's tokens, and DDP averages the gradients
-            loss = loss * self.accelerator.num_processes
-        return (loss, None) if return_outputs else loss
 
     def create_optimizer(self, model=None):
         ratio = self.finetuning.loraplus_lr_ratio if self.finetuning else None
@@ -82,24 +204,3 @@ class Trainer(HFTrainer):
             )
             self.optimizer = optimizer_cls(groups, **kwargs)
         return super().create_optimizer()
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluation loss (mean over the batch's trained tokens) without gathering logits."""
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad():
-            losses, keep, predicted = token_losses(model, inputs, with_predictions=True)
-        targets = inputs["shift_labels"][0, keep]
-        self._accuracy += torch.tensor([(predicted == targets).sum().item(), keep.numel()])
-        loss = losses.mean() if keep.numel() else losses.sum()
-        return loss.detach(), None, None
-
-    def evaluation_loop(self, *args: Any, **kwargs: Any):
-        self._accuracy.zero_()
-        output = super().evaluation_loop(*args, **kwargs)
-        if self.finetuning is not None and self.finetuning.compute_accuracy:
-            prefix = kwargs.get("metric_key_prefix", args[3] if len(args) > 3 else "eval")
-            counts = self.accelerator.reduce(self._accuracy.to(self.args.device), "sum")
-            output.metrics[f"{prefix}_accuracy"] = round(
-                counts[0].item() / max(counts[1].item(), 1), 4
-            )
-        return output
