@@ -5,6 +5,10 @@ traceback and exits with status 2. The message says where the problem is (file, 
 how to fix it.
 """
 
+# The process exit codes tuneforge's commands end with, besides 0.
+EXIT_USER_ERROR = 2  # a UserError: the message says what to fix (argparse uses 2 too)
+EXIT_INTERRUPTED = 130  # stopped by Ctrl-C or SIGTERM (the shell's 128 + SIGINT)
+
 
 class UserError(Exception):
     """A problem in the user's input that they can fix; shown without a traceback."""

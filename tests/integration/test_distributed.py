@@ -21,13 +21,9 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import DATA_DIR, REPO
-from tuneforge.distributed import (
+from tuneforge.cli.launch import (
     EXIT_CODES_VARIABLE,
-    INTERRUPTED,
     SignalForwarder,
-    check_deepspeed,
-    cpu_only_distributed,
-    device_count,
     free_port,
     launch_exit_code,
     read_exit_codes,
@@ -36,7 +32,9 @@ from tuneforge.distributed import (
     torchrun_command,
     worker_main,
 )
-from tuneforge.errors import ConfigError
+from tuneforge.config.checks import check_deepspeed
+from tuneforge.errors import EXIT_INTERRUPTED, ConfigError
+from tuneforge.utils.devices import cpu_only_distributed, device_count
 
 DEEPSPEED_DIR = REPO / "examples" / "deepspeed"
 DEEPSPEED_CONFIGS = sorted(DEEPSPEED_DIR.glob("*.json"))
@@ -74,7 +72,7 @@ def test_torchrun_command_from_the_launch_variables():
         *PYTHON,
         *("--nnodes", "2", "--node_rank", "1", "--nproc_per_node", "4"),
         *("--master_addr", "10.0.0.1", "--master_port", "29500"),
-        *("-m", "tuneforge.distributed", "train", "cfg.yaml", "learning_rate=1e-4"),
+        *("-m", "tuneforge.cli.launch", "train", "cfg.yaml", "learning_rate=1e-4"),
     ]
     # torchrun itself reads it as meant
     from torch.distributed.run import get_args_parser
@@ -82,7 +80,7 @@ def test_torchrun_command_from_the_launch_variables():
     parsed = get_args_parser().parse_args(command[3:])
     assert (parsed.nnodes, parsed.node_rank, parsed.nproc_per_node) == ("2", 1, "4")
     assert (parsed.master_addr, parsed.master_port, parsed.module) == ("10.0.0.1", 29500, True)
-    assert parsed.training_script == "tuneforge.distributed"
+    assert parsed.training_script == "tuneforge.cli.launch"
     assert parsed.training_script_args == ["train", "cfg.yaml", "learning_rate=1e-4"]
 
 
@@ -107,7 +105,7 @@ def test_elastic_launch_with_a_rendezvous_id():
     assert command[3:] == [
         *("--nnodes", "1:3", "--nproc_per_node", "8", "--rdzv_id", "job7"),
         *("--rdzv_backend", "c10d", "--rdzv_endpoint", "node0:29400", "--max_restarts", "2"),
-        *("-m", "tuneforge.distributed", "train", "c.yaml"),
+        *("-m", "tuneforge.cli.launch", "train", "c.yaml"),
     ]
 
 
@@ -158,8 +156,8 @@ def test_cpu_only_machines_train_ddp_on_cpu():
     [
         (0, {0: 0, 1: 0}, False, 0),
         (1, {0: 0, 1: 2}, False, 2),  # a config error in the workers: still 2, not torchrun's 1
-        (1, {1: 130, 0: 130}, True, INTERRUPTED),
-        (1, {}, True, INTERRUPTED),  # workers killed before they could record a code
+        (1, {1: 130, 0: 130}, True, EXIT_INTERRUPTED),
+        (1, {}, True, EXIT_INTERRUPTED),  # workers killed before they could record a code
         (1, {}, False, 1),
         (-9, {}, False, 137),  # torchrun itself killed
     ],
@@ -475,7 +473,7 @@ def test_force_torchrun_relaunches_full_finetuning(tiny_model_dir, tmp_path):
     assert result.returncode == 0, result.stderr[-4000:]
     launch = next(line for line in result.stderr.splitlines() if "through torchrun" in line)
     assert "torch.distributed.run --nnodes 1 --node_rank 0 --nproc_per_node 2" in launch
-    assert launch.endswith(f"-m tuneforge.distributed train {config}")
+    assert launch.endswith(f"-m tuneforge.cli.launch train {config}")
     check_same_training(output_dir, reference, "model.safetensors")
     check_only_rank_0_writes(tmp_path, output_dir)
 

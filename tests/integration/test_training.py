@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import training_config
+from tuneforge.errors import EXIT_INTERRUPTED
 from tuneforge.stages import run_stage
 
 pytestmark = pytest.mark.slow
@@ -202,7 +203,7 @@ def test_interrupted_run_resumes_with_the_same_data_order(tiny_model_dir, tmp_pa
 
     interrupted = config(tiny_model_dir, tmp_path / "resumed", **keys)
     monkeypatch.setattr(runner, "StopOnSignalCallback", CtrlCAtStep3)
-    assert run_stage(interrupted) == runner.INTERRUPTED
+    assert run_stage(interrupted) == EXIT_INTERRUPTED
     out = tmp_path / "resumed" / "out"
     assert (out / "checkpoint-4" / "tuneforge_complete").is_file()
     monkeypatch.setattr(runner, "StopOnSignalCallback", StopOnSignalCallback)

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tuneforge.errors import EXIT_INTERRUPTED
 from tuneforge.training.callbacks import read_trainer_log
 from tuneforge.webui.locale import FormError
 from tuneforge.webui.monitor import job_message, job_records, progress_of
-from tuneforge.webui.runner import INTERRUPTED, JobRegistry
+from tuneforge.webui.runner import JobRegistry
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -57,7 +58,7 @@ def test_output_goes_to_a_file_and_abort_stops_the_job_cleanly(registry, tmp_pat
     wait_for(lambda: "READY" in job.log_path.read_text())
     assert job.running and registry.running() is job
     assert job.abort() is True
-    assert job.wait(timeout=30) == INTERRUPTED
+    assert job.wait(timeout=30) == EXIT_INTERRUPTED
     log = job.log_path.read_text()
     assert log.startswith("train stage: sft") and log.rstrip().endswith("stopped cleanly")
     assert job.abort() is False  # nothing left to stop
@@ -82,7 +83,7 @@ def test_shutdown_stops_running_jobs(registry, tmp_path):
     job = registry.start("train", "train", "a: 1\n", tmp_path / "a", tmp_path / "a")
     wait_for(lambda: "READY" in job.log_path.read_text())
     registry.shutdown(timeout=30)
-    assert job.returncode == INTERRUPTED
+    assert job.returncode == EXIT_INTERRUPTED
 
 
 @pytest.mark.slow
@@ -113,7 +114,7 @@ def test_abort_of_real_training_leaves_a_resumable_checkpoint(tiny_model_dir, tm
         wait_for(lambda: len(job_records(job)) >= 2 or not job.running, timeout=300)
         assert job.running, job.log_path.read_text()
         job.abort()
-        assert job.wait(timeout=120) == INTERRUPTED, job.log_path.read_text()
+        assert job.wait(timeout=120) == EXIT_INTERRUPTED, job.log_path.read_text()
     finally:
         registry.shutdown(timeout=60)
     stopped = progress_of(read_trainer_log(output)).step

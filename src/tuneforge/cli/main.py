@@ -51,16 +51,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    from tuneforge.errors import UserError
+    from tuneforge.errors import EXIT_INTERRUPTED, EXIT_USER_ERROR, UserError
 
     try:
         return _command_module(args.module).run(args) or 0
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

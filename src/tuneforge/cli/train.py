@@ -21,7 +21,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.config:
         raise ConfigError("usage: tuneforge train CONFIG.yaml [key=value ...]")
-    from tuneforge.distributed import relaunch_needed, relaunch_with_torchrun
+    from tuneforge.cli.launch import relaunch_needed, relaunch_with_torchrun
 
     if relaunch_needed():
         return relaunch_with_torchrun(["train", args.config, *args.overrides])

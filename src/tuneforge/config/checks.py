@@ -10,8 +10,11 @@ lives here; what needs the model, files or the device is checked where those are
 
 from __future__ import annotations
 
+import importlib.util
+import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.config.finetuning import uses_reference
 from tuneforge.errors import ConfigError, NotAvailableError
@@ -312,4 +315,41 @@ def freeze_layers_not_zero(config: Config) -> None:
         raise ConfigError(
             "`freeze_trainable_layers: 0` trains no layer: N trains the last N layers, "
             "-N the first N (not 0)."
+        )
+
+
+@check
+def deepspeed_config(config: Config) -> None:
+    check_deepspeed(config.training.get("deepspeed"))
+
+
+def check_deepspeed(value: str | dict[str, Any] | None) -> None:
+    """Refuses a `deepspeed` training key that cannot work, before transformers fails with a
+    traceback: a missing or malformed JSON file, or no DeepSpeed package.
+
+    Args:
+        value: the `deepspeed` value: a JSON file path, an inline dict, or None (no DeepSpeed).
+
+    Raises:
+        ConfigError: naming the file or the pip extra to install.
+    """
+    if not value:
+        return
+    if isinstance(value, str):
+        path = Path(value)
+        if not path.is_file():
+            raise ConfigError(
+                f"`deepspeed: {value}`: no such file. Point it at a DeepSpeed JSON config, "
+                "such as examples/deepspeed/ds_z2_config.json."
+            )
+        try:
+            json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"`deepspeed: {value}` is not valid JSON: {error}") from None
+    elif not isinstance(value, dict):
+        raise ConfigError(f"`deepspeed` must be a JSON file path or a mapping, got {value!r}")
+    if importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(
+            f"`deepspeed: {value}` needs the DeepSpeed package, which is not installed: "
+            "pip install 'tuneforge[deepspeed]' (DeepSpeed trains on CUDA GPUs)."
         )

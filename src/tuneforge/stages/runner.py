@@ -18,6 +18,7 @@ from typing import Any
 from tuneforge.adapters import apply_method, parameter_counts
 from tuneforge.config.loader import write_resolved
 from tuneforge.data.pipeline import PreparedData, prepare_data
+from tuneforge.errors import EXIT_INTERRUPTED
 from tuneforge.models.loader import device_type, load_model
 from tuneforge.models.tokenizer import load_tokenizer_and_template
 from tuneforge.training.arguments import effective_training_arguments
@@ -31,7 +32,6 @@ from tuneforge.training.memory import (
 from tuneforge.training.summary import SummaryCallback
 
 logger = logging.getLogger("tuneforge")
-INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C"
 
 
 @dataclass
@@ -116,7 +116,7 @@ def standard_callbacks(
 def train_and_evaluate(trainer: Any, run: PreparedRun) -> int:
     """Trains (stopping cleanly on Ctrl-C/SIGTERM), saves, writes metrics, then evaluates.
 
-    Returns the process exit code: 0, or INTERRUPTED after a stop with a resumable checkpoint.
+    Returns the process exit code: 0, or EXIT_INTERRUPTED after a stop with a resumable checkpoint.
     """
     args = run.args
     if args.do_train:
@@ -130,7 +130,7 @@ def train_and_evaluate(trainer: Any, run: PreparedRun) -> int:
                 trainer.state.global_step,
                 args.output_dir,
             )
-            return INTERRUPTED
+            return EXIT_INTERRUPTED
         trainer.save_model()
         trainer.save_state()
         trainer.log_metrics("train", result.metrics)

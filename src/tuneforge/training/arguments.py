@@ -4,15 +4,18 @@ and devices require. Every adjustment is visible in resolved.yaml."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from tuneforge.distributed import check_deepspeed, cpu_only_distributed
 from tuneforge.errors import ConfigError
+from tuneforge.utils.devices import cpu_only_distributed
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 logger = logging.getLogger("tuneforge")
 
 
-def effective_training_arguments(config: Any) -> Any:
+def effective_training_arguments(config: Config) -> Any:
     """Seq2SeqTrainingArguments for `config`, adjusted for padding-free training."""
     import torch
     from transformers import Seq2SeqTrainingArguments
@@ -20,7 +23,6 @@ def effective_training_arguments(config: Any) -> Any:
     values = dict(config.training)
     if not values.get("output_dir"):
         raise ConfigError("`output_dir` is required: the folder where the run is saved.")
-    check_deepspeed(values.get("deepspeed"))
     if not torch.cuda.is_available():
         values["dataloader_pin_memory"] = False  # nothing to pin memory for
         for precision in ("bf16", "fp16"):

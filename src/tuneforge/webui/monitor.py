@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneforge.errors import EXIT_INTERRUPTED
 from tuneforge.training.callbacks import TRAINER_LOG, ema_smooth, read_trainer_log
 from tuneforge.webui.locale import text
-from tuneforge.webui.runner import INTERRUPTED, Job
+from tuneforge.webui.runner import Job
 
 LOG_TAIL_BYTES = 64 * 1024
 LOG_TAIL_LINES = 60
@@ -108,7 +109,7 @@ def job_message(job: Job | None, progress: Progress | None, lang: str) -> str:
         return text(lang, "msg_running", **_progress_values(progress))
     if code == 0:
         return text(lang, "msg_finished", path=job.output_dir)
-    if code == INTERRUPTED:
+    if code == EXIT_INTERRUPTED:
         return text(lang, "msg_aborted", path=job.output_dir)
     return text(lang, "msg_failed", code=code)
 
@@ -153,7 +154,7 @@ def sample_predictions(output_dir: Path, count: int = 5) -> list[dict[str, str]]
     path = output_dir / PREDICTIONS_FILE
     if not path.is_file():
         return []
-    records = []
+    records: list[dict[str, str]] = []
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             if len(records) == count:

@@ -22,8 +22,6 @@ from pathlib import Path
 
 from tuneforge.webui.locale import FormError
 
-INTERRUPTED = 130  # `tuneforge train` after a clean stop on SIGINT/SIGTERM
-
 
 @dataclass
 class Job:

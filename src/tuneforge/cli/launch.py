@@ -1,9 +1,10 @@
-"""Distributed training: torchrun, the relaunch LLaMA-Factory users expect, and DeepSpeed checks.
+"""Launching distributed training: the torchrun relaunch LLaMA-Factory users expect.
 
 Under torchrun (`torchrun --nproc_per_node N -m tuneforge train CONFIG`) nothing here is needed
 for DDP: transformers' Trainer wraps the model in DistributedDataParallel. On a machine without
-an accelerator, `cpu_only_distributed()` tells the training arguments to train on CPU, so that
-the processes form a gloo group instead of each training alone.
+an accelerator, `utils.devices.cpu_only_distributed()` tells the training arguments to train on
+CPU, so that the processes form a gloo group instead of each training alone. The DeepSpeed
+config is checked with the other config rules (config/checks.py).
 
 `tuneforge train` relaunches itself through torchrun when FORCE_TORCHRUN is set or several GPUs
 are visible, reading the launch variables of LLaMA-Factory's `cli.py`:
@@ -22,8 +23,6 @@ current step with a checkpoint, the second stops them at once.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
-import json
 import os
 import shlex
 import signal
@@ -37,42 +36,15 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from tuneforge.errors import ConfigError
+from tuneforge.errors import EXIT_INTERRUPTED, ConfigError
+from tuneforge.utils.devices import device_count, env_enabled
 
-INTERRUPTED = 130  # the shell's code for "stopped by Ctrl-C", as a single process returns
 # Set by the relaunch only: the folder where each worker writes its exit code.
 EXIT_CODES_VARIABLE = "TUNEFORGE_EXIT_CODES_DIR"
 # torchrun waits this long for workers to exit after passing on a signal, then kills them; a
 # checkpoint of a large model takes longer to write than torchrun's default of 30 s.
 SHUTDOWN_TIMEOUT_S = "600"
 NPROC_WORDS = ("auto", "cpu", "gpu", "cuda", "xpu")  # torchrun's own --nproc_per_node values
-DEEPSPEED_EXTRA = "pip install 'tuneforge[deepspeed]'"
-
-
-def env_enabled(name: str, environ: Mapping[str, str] | None = None, default: str = "0") -> bool:
-    """True when the variable holds 1, true, y or yes (any case), as LLaMA-Factory reads flags."""
-    environ = os.environ if environ is None else environ
-    return environ.get(name, default).strip().lower() in ("1", "true", "y", "yes")
-
-
-def device_count() -> int:
-    """GPUs (or other accelerators) visible to this process; 0 on a CPU-only machine."""
-    import torch
-
-    accelerator = getattr(torch, "accelerator", None)  # torch >= 2.6: CUDA, XPU, NPU ...
-    if accelerator is not None and accelerator.is_available():
-        return accelerator.device_count()
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
-
-
-def cpu_only_distributed(environ: Mapping[str, str] | None = None) -> bool:
-    """True under a multi-process launch on a machine with no accelerator.
-
-    DDP must then run on CPU with gloo, and transformers 5 (with accelerate 1.x) only does so
-    with `use_cpu: true`: without it every process trains alone on the whole dataset.
-    """
-    environ = os.environ if environ is None else environ
-    return int(environ.get("WORLD_SIZE", "1")) > 1 and device_count() == 0
 
 
 def relaunch_needed(environ: Mapping[str, str] | None = None) -> bool:
@@ -160,7 +132,7 @@ def torchrun_command(
     if environ.get("MAX_RESTARTS") or rdzv_id:
         command += ["--max_restarts", _positive_int_or_zero(environ, "MAX_RESTARTS")]
     # The workers run this module, which records their exit code for the relaunch.
-    return [*command, "-m", "tuneforge.distributed", *arguments]
+    return [*command, "-m", "tuneforge.cli.launch", *arguments]
 
 
 def _positive_int_or_zero(environ: Mapping[str, str], name: str) -> str:
@@ -216,7 +188,7 @@ def launch_exit_code(torchrun_code: int, worker_codes: Mapping[int, int], interr
     if failed:
         return failed[0]
     if interrupted:
-        return INTERRUPTED
+        return EXIT_INTERRUPTED
     return 128 - torchrun_code if torchrun_code < 0 else torchrun_code  # -N: killed by signal N
 
 
@@ -317,38 +289,6 @@ def worker_main(argv: Sequence[str]) -> int:
     finally:
         record_exit_code(code)
     return code
-
-
-def check_deepspeed(config: str | dict[str, Any] | None) -> None:
-    """Refuses a `deepspeed` training key that cannot work, before transformers fails with a
-    traceback: a missing or malformed JSON file, or no DeepSpeed package.
-
-    Args:
-        config: the `deepspeed` value: a JSON file path, an inline dict, or None (no DeepSpeed).
-
-    Raises:
-        ConfigError: naming the file or the pip extra to install.
-    """
-    if not config:
-        return
-    if isinstance(config, str):
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(
-                f"`deepspeed: {config}`: no such file. Point it at a DeepSpeed JSON config, "
-                "such as examples/deepspeed/ds_z2_config.json."
-            )
-        try:
-            json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConfigError(f"`deepspeed: {config}` is not valid JSON: {error}") from None
-    elif not isinstance(config, dict):
-        raise ConfigError(f"`deepspeed` must be a JSON file path or a mapping, got {config!r}")
-    if importlib.util.find_spec("deepspeed") is None:
-        raise ConfigError(
-            f"`deepspeed: {config}` needs the DeepSpeed package, which is not installed: "
-            f"{DEEPSPEED_EXTRA} (DeepSpeed trains on CUDA GPUs)."
-        )
 
 
 if __name__ == "__main__":
