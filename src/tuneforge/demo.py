@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tuneforge.config.loader import load_config
-    from tuneforge.errors import UserError
+    from tuneforge.errors import ConfigError, UserError
     from tuneforge.models.tiny import build_tiny_model
     from tuneforge.stages import run_stage
     from tuneforge.utils.logs import setup_logging
@@ -65,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config)
         base = config.model.model_name_or_path
+        if base is None:  # the tiny model is built where the config points
+            raise ConfigError(f"{args.config} sets no `model_name_or_path`.")
         if not Path(base, "config.json").exists():
             build_tiny_model(base, arch="qwen2", size="tiny")
         fill_identity(Path("data/identity.json"), Path(config.data.dataset_dir))

@@ -85,7 +85,7 @@ def load_adapter(
         raise ConfigError(f"`{key}`: {path} is a file; give the adapter's folder.")
     if looks_like_path(path) and not local.exists():
         raise ConfigError(f"`{key}`: folder {path} does not exist.")
-    kwargs = {"subfolder": subfolder} if subfolder else {}
+    kwargs: dict[str, Any] = {"subfolder": subfolder} if subfolder else {}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

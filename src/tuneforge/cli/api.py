@@ -20,9 +20,12 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tuneforge.cli.common import add_config_arguments
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
@@ -56,7 +59,7 @@ def _int_variable(environ: Mapping[str, str], name: str, default: int | None, lo
     return value
 
 
-def server_settings(environ: Mapping[str, str], config: Any) -> ServerSettings:
+def server_settings(environ: Mapping[str, str], config: Config) -> ServerSettings:
     """Read API_* variables, with defaults from the config.
 
     Args:

@@ -11,7 +11,9 @@ import dataclasses
 from typing import Any
 
 
-def key(default: Any, help: str, *, not_yet: str | None = None, alias_of: str | None = None):
+def key(
+    default: Any, help: str, *, not_yet: str | None = None, alias_of: str | None = None
+) -> Any:  # Any, as dataclasses.field is, so that `x: int = key(...)` type-checks
     """A config key with its default, a one-line help, and optional status notes."""
     metadata = {"help": help, "not_yet": not_yet, "alias_of": alias_of}
     if isinstance(default, (list, dict)):

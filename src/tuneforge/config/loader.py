@@ -220,7 +220,9 @@ def _resolve_defaults(values: dict[str, dict[str, Any]]) -> None:
         data["packing"] = finetuning.get("stage", "sft") == "pt"
 
 
-def write_resolved(config: Config, output_dir: str | Path, training_values: Mapping | None = None):
+def write_resolved(
+    config: Config, output_dir: str | Path, training_values: Mapping[str, Any] | None = None
+) -> Path:
     """Writes every effective value, grouped by section, to output_dir/resolved.yaml.
 
     `training_values` (e.g. TrainingArguments.to_dict()) replaces the user's training keys

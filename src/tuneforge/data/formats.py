@@ -8,10 +8,10 @@ and what was expected, instead of being dropped with a vague warning.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Literal
 
 from tuneforge.data.catalogue import DatasetSpec
-from tuneforge.data.example import PROMPT_ROLES, RESPONSE_ROLES, Example, Message
+from tuneforge.data.example import PROMPT_ROLES, RESPONSE_ROLES, Example, Message, Role
 from tuneforge.data.sources import Row
 
 
@@ -26,16 +26,21 @@ def to_example(row: Row, spec: DatasetSpec) -> Example:
     return _conversation(row, spec)
 
 
-def _text(row: Row, column: str | None, what: str, *, required: bool = False) -> str | None:
+def _text(row: Row, column: str | None, what: str) -> str | None:
     if column is None:
         return None
     value = row.fields.get(column)
     if value is None:
-        if required:
-            raise RowError(f"field `{column}` ({what}) is missing or null")
         return None
     if not isinstance(value, str):
         raise RowError(f"field `{column}` ({what}) must be a string, got {_kind(value)}")
+    return value
+
+
+def _required_text(row: Row, column: str | None, what: str) -> str:
+    value = _text(row, column, what)
+    if value is None:
+        raise RowError(f"field `{column}` ({what}) is missing or null")
     return value
 
 
@@ -102,8 +107,8 @@ def _alpaca(row: Row, spec: DatasetSpec) -> Example:
     messages.append(Message("user", "\n".join(parts)))
     rejected = None
     if spec.ranking:
-        chosen = _text(row, columns.chosen, "chosen", required=True)
-        rejected = Message("assistant", _text(row, columns.rejected, "rejected", required=True))
+        chosen = _required_text(row, columns.chosen, "chosen")
+        rejected = Message("assistant", _required_text(row, columns.rejected, "rejected"))
         messages.append(Message("assistant", chosen))
     else:
         response = _text(row, columns.response, "response")
@@ -122,11 +127,11 @@ def _alpaca(row: Row, spec: DatasetSpec) -> Example:
 def _conversation(row: Row, spec: DatasetSpec) -> Example:
     """sharegpt and openai rows: a list of role-tagged messages."""
     columns, tags = spec.columns, spec.tags
-    raw = row.fields.get(columns.messages)
+    raw = row.fields.get(columns.messages) if columns.messages else None
     if not isinstance(raw, list) or not raw:
         raise RowError(f"field `{columns.messages}` (messages) must be a non-empty list")
     system = _text(row, columns.system, "system") or ""
-    roles = {
+    roles: dict[str, Role] = {
         tags.user_tag: "user",
         tags.assistant_tag: "assistant",
         tags.observation_tag: "observation",
@@ -157,7 +162,9 @@ def _conversation(row: Row, spec: DatasetSpec) -> Example:
     )
 
 
-def _message(raw: Any, index: int, spec: DatasetSpec, roles: dict[str, str]) -> tuple[str, str]:
+def _message(
+    raw: Any, index: int, spec: DatasetSpec, roles: dict[str, Role]
+) -> tuple[Role | Literal["system"], str]:
     tags = spec.tags
     if not isinstance(raw, dict):
         raise RowError(
@@ -238,7 +245,7 @@ def _check_alternation(messages: list[Message], first: Any, tags: Any) -> None:
 
 
 def _single_response(
-    row: Row, column: str | None, what: str, spec: DatasetSpec, roles: dict[str, str]
+    row: Row, column: str | None, what: str, spec: DatasetSpec, roles: dict[str, Role]
 ) -> Message:
     value = row.fields.get(column) if column else None
     if isinstance(value, str):
@@ -246,6 +253,6 @@ def _single_response(
     if not isinstance(value, dict):
         raise RowError(f"field `{column}` ({what}) must be a message object or a string")
     role, content = _message(value, 1, spec, roles)
-    if role not in RESPONSE_ROLES:
+    if role not in ("assistant", "function"):  # RESPONSE_ROLES, spelled out for the type
         raise RowError(f"field `{column}` ({what}) must be an assistant message, got {role!r}")
     return Message(role, content)

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.data import cache
 from tuneforge.data.catalogue import DatasetSpec, resolve
@@ -31,6 +31,9 @@ from tuneforge.data.formats import RowError, to_example
 from tuneforge.data.mixing import mix, resample, split
 from tuneforge.data.sources import Row, read_rows
 from tuneforge.errors import DataError
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 logger = logging.getLogger("tuneforge")
 
@@ -74,19 +77,19 @@ def stage_kinds(stage: str, predict_with_generate: bool) -> tuple[Kind, Kind]:
     return kind, "unsupervised" if stage == "sft" and predict_with_generate else kind
 
 
-def prepare_data(config: Any, tokenizer: Any, template: Any) -> PreparedData:
+def prepare_data(config: Config, tokenizer: Any, template: Any) -> PreparedData:
     """Loads, mixes, splits and encodes the datasets of `config`, or loads them from cache."""
     data = config.data
     kind, eval_kind = stage_kinds(
         config.finetuning.stage, bool(config.training.get("predict_with_generate"))
     )
     # With tokenized_path, LLaMA-Factory ignores the catalogue when the saved dataset exists.
-    specs = None if data.tokenized_path else resolve_specs(data)
-    folder = (
-        Path(data.tokenized_path)
-        if data.tokenized_path
-        else _cache_folder(config, kind, eval_kind, tokenizer, template, specs)
-    )
+    specs: dict[str, DatasetSpec] | None = None
+    if data.tokenized_path:
+        folder = Path(data.tokenized_path)
+    else:
+        specs = resolve_specs(data)
+        folder = _cache_folder(config, kind, eval_kind, tokenizer, template, specs)
     if not data.overwrite_cache and (cached := cache.load(folder)) is not None:
         splits, report = cached
         source = "tokenized_path" if data.tokenized_path else "cache"
@@ -280,7 +283,7 @@ def _features(kind: Kind) -> Any:
 
 
 def _cache_folder(
-    config: Any,
+    config: Config,
     kind: Kind,
     eval_kind: Kind,
     tokenizer: Any,

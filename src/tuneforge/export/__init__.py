@@ -12,9 +12,13 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import ConfigError, ModelError
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
+    from tuneforge.export.merge import MergeCheck
 
 logger = logging.getLogger("tuneforge")
 
@@ -33,12 +37,12 @@ class ExportResult:
 
     export_dir: Path
     weight_files: list[str]
-    merges: list[Any]
+    merges: list[MergeCheck]
     stop_token_ids: list[int]
     hub_url: str | None = None
 
 
-def export_model(config: Any) -> ExportResult:
+def export_model(config: Config) -> ExportResult:
     """Exports the model a config describes into `export_dir` (see the module docstring).
 
     Raises:
@@ -52,13 +56,14 @@ def export_model(config: Any) -> ExportResult:
     from tuneforge.export.merge import load_merged_model
     from tuneforge.export.quantize import load_quantized
     from tuneforge.models.loader import set_generation_stops
-    from tuneforge.models.tokenizer import load_tokenizer_and_template
+    from tuneforge.models.tokenizer import base_model_path, load_tokenizer_and_template
 
     export, model_config = config.export, config.model
     target = _check_settings(config)  # before the slow part: fail in seconds
     tokenizer, template = load_tokenizer_and_template(config)
+    merges: list[MergeCheck] = []
     if export.export_quantization_bit is not None:
-        model, merges = load_quantized(config, tokenizer), []
+        model = load_quantized(config, tokenizer)
     else:
         model, merges = load_merged_model(config, tokenizer, template)
     stop_ids = set_generation_stops(model, tokenizer, template.stop_words)
@@ -69,7 +74,7 @@ def export_model(config: Any) -> ExportResult:
         save.save_model(model, folder, export.export_size, export.export_legacy_format)
         save.save_tokenizer(tokenizer, template, folder)
         save.write_modelfile(template, folder)
-        save.copy_value_head([*reversed(adapters), model_config.model_name_or_path], folder)
+        save.copy_value_head([*reversed(adapters), base_model_path(model_config)], folder)
         save.write_record(folder, record)
 
     save.write_export(target, write)
@@ -84,7 +89,7 @@ def export_model(config: Any) -> ExportResult:
     return ExportResult(target, weight_files, merges, stop_ids, url)
 
 
-def _check_settings(config: Any) -> Path:
+def _check_settings(config: Config) -> Path:
     """The export folder, once every setting that would make the export fail is ruled out."""
     from tuneforge.export.quantize import check_quantization
     from tuneforge.export.save import check_export_dir
@@ -109,7 +114,7 @@ def _check_settings(config: Any) -> Path:
     return target
 
 
-def _record(config: Any, template: Any, model: Any, merges: list[Any]) -> dict[str, Any]:
+def _record(config: Config, template: Any, model: Any, merges: list[MergeCheck]) -> dict[str, Any]:
     """What `EXPORT_RECORD` says of the export: its sources and the merges' verification."""
     from tuneforge import __version__
 

@@ -18,12 +18,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tuneforge.adapters.lora import load_adapter
 from tuneforge.errors import ModelError
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
+    from tuneforge.config.model import ModelConfig
 
 logger = logging.getLogger("tuneforge")
 
@@ -69,7 +73,9 @@ def probe_ids(tokenizer: Any, template: Any, device: torch.device) -> torch.Tens
     return torch.tensor([ids or [tokenizer.eos_token_id]], device=device)
 
 
-def merge_adapter(model: Any, path: str, probe: torch.Tensor, subfolder: str | None = None):
+def merge_adapter(
+    model: Any, path: str, probe: torch.Tensor, subfolder: str | None = None
+) -> tuple[Any, MergeCheck]:
     """Merges the adapter at `path` into `model` and verifies the merge.
 
     Args:
@@ -104,14 +110,14 @@ def merge_adapter(model: Any, path: str, probe: torch.Tensor, subfolder: str | N
                 f"adapted layers unchanged ({', '.join(unchanged[:3])} ...): the merge did not "
                 "reach the base weights. Refusing to export."
             )
-        error = (_logits(merged, probe) - reference).abs().max().item()
+        drift = (_logits(merged, probe) - reference).abs().max().item()
     scale = max(reference.abs().max().item(), 1.0)
     tolerance = RELATIVE_TOLERANCE.get(_dtype(merged), 5e-2) * scale
     effect = (reference - base).abs().max().item()
-    if error > tolerance:
+    if drift > tolerance:
         raise ModelError(
             f"after merging the adapter at {path} the model's logits differ from base + adapter "
-            f"by up to {error:.4g} (tolerance {tolerance:.3g}; the adapter itself moves them by "
+            f"by up to {drift:.4g} (tolerance {tolerance:.3g}; the adapter itself moves them by "
             f"{effect:.4g}). Refusing to export; try `infer_dtype: float32`."
         )
     logger.info(
@@ -119,10 +125,10 @@ def merge_adapter(model: Any, path: str, probe: torch.Tensor, subfolder: str | N
         "(the adapter moves them by up to %.3g).",
         path,
         len(expectations),
-        error,
+        drift,
         effect,
     )
-    return merged, MergeCheck(path, len(expectations), error, effect)
+    return merged, MergeCheck(path, len(expectations), drift, effect)
 
 
 def _dtype(model: Any) -> torch.dtype:
@@ -169,8 +175,16 @@ def _deltas(peft_model: Any) -> Iterator[tuple[str, str, torch.Tensor, torch.Ten
     adapter = peft_model.active_adapter
     for name, module in peft_model.base_model.model.named_modules():
         if isinstance(module, LoraLayer) and adapter in module.scaling:
-            weight = module.get_base_layer().weight.detach()
-            yield name, "weight", weight, module.get_delta_weight(adapter).detach().float()
+            # only the concrete layer classes define get_delta_weight: peft's LoRA on
+            # GPTQ/AWQ/EETQ/AQLM-quantized layers has none, and cannot be merged
+            delta_weight = getattr(module, "get_delta_weight", None)
+            weight = module.get_base_layer().weight
+            if delta_weight is None or not isinstance(weight, torch.Tensor):
+                raise ModelError(
+                    f"the adapter's layer {name} ({type(module).__name__}) cannot be merged "
+                    "into its base weight: export from an unquantized base model."
+                )
+            yield name, "weight", weight.detach(), delta_weight(adapter).detach().float()
         elif isinstance(module, ModulesToSaveWrapper) and adapter in module.modules_to_save:
             trained = module.modules_to_save[adapter]
             for parameter, original in module.original_module.named_parameters():
@@ -207,7 +221,7 @@ def export_device(setting: str) -> torch.device:
     return torch.device("cuda" if setting == "auto" and torch.cuda.is_available() else "cpu")
 
 
-def output_dtype(model_config: Any) -> torch.dtype:
+def output_dtype(model_config: ModelConfig) -> torch.dtype:
     """The exported weights' dtype: `infer_dtype` when set, else the checkpoint's own (a bf16
     model stays bf16, even when it was merged in float32 on a CPU)."""
     from tuneforge.models.loader import DTYPES, load_config
@@ -219,7 +233,9 @@ def output_dtype(model_config: Any) -> torch.dtype:
     return DTYPES.get(name, torch.float32)
 
 
-def load_merged_model(config: Any, tokenizer: Any, template: Any) -> tuple[Any, list[MergeCheck]]:
+def load_merged_model(
+    config: Config, tokenizer: Any, template: Any
+) -> tuple[Any, list[MergeCheck]]:
     """The base model with every adapter of `adapter_name_or_path` merged in turn (each one
     verified), in the export dtype, on the CPU or the export device."""
     from tuneforge.models.loader import load_model

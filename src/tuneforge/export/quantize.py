@@ -13,9 +13,12 @@ import importlib.util
 import logging
 import random
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import ConfigError, DataError, NotAvailableError
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 logger = logging.getLogger("tuneforge")
 
@@ -23,7 +26,7 @@ GPTQ_BITS = (2, 3, 4, 8)
 GPTQ_PACKAGES = ("optimum", "gptqmodel")  # transformers' GPTQ quantizer needs both
 
 
-def check_quantization(config: Any) -> None:
+def check_quantization(config: Config) -> None:
     """Refuses GPTQ settings that cannot work here, before anything is loaded.
 
     Raises:
@@ -81,14 +84,17 @@ def calibration_texts(
     return samples
 
 
-def load_quantized(config: Any, tokenizer: Any) -> Any:
+def load_quantized(config: Config, tokenizer: Any) -> Any:
     """The model of `model_name_or_path`, GPTQ-quantized on the calibration texts."""
     import torch
     from transformers import AutoModelForCausalLM, GPTQConfig
 
-    from tuneforge.models.tokenizer import load_pretrained
+    from tuneforge.models.tokenizer import base_model_path, load_pretrained
 
     export = config.export
+    bits = export.export_quantization_bit
+    if bits is None:  # export_model only comes here with it set
+        raise ConfigError("load_quantized needs `export_quantization_bit`.")
     if export.export_quantization_dataset is None:  # also a config check; kept for direct calls
         raise ConfigError("`export_quantization_bit` needs `export_quantization_dataset`.")
     samples = calibration_texts(
@@ -100,12 +106,10 @@ def load_quantized(config: Any, tokenizer: Any) -> Any:
     )
     logger.info(
         "GPTQ %d-bit quantization on %d calibration windows.",
-        export.export_quantization_bit,
+        bits,
         len(samples),
     )
-    quantization = GPTQConfig(
-        bits=export.export_quantization_bit, dataset=samples, tokenizer=tokenizer
-    )
+    quantization = GPTQConfig(bits=bits, dataset=samples, tokenizer=tokenizer)
     kwargs = {
         "dtype": torch.float16,
         "device_map": "auto",
@@ -115,4 +119,4 @@ def load_quantized(config: Any, tokenizer: Any) -> Any:
         "cache_dir": config.model.cache_dir,
         "token": config.model.hf_hub_token,
     }
-    return load_pretrained(AutoModelForCausalLM, config.model.model_name_or_path, kwargs, "model")
+    return load_pretrained(AutoModelForCausalLM, base_model_path(config.model), kwargs, "model")

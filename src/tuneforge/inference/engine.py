@@ -8,12 +8,15 @@ Methods are synchronous and thread-safe; async front ends call them through a th
 from __future__ import annotations
 
 import abc
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from tuneforge.errors import ConfigError, NotAvailableError
 from tuneforge.inference.generation import GenerationSettings, resolve_generation
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 Messages = Sequence[Mapping[str, str]]
 
@@ -32,7 +35,7 @@ class Response:
     text: str
     prompt_tokens: int
     completion_tokens: int
-    finish_reason: str
+    finish_reason: Literal["stop", "length"]
 
 
 class Engine(abc.ABC):
@@ -48,7 +51,7 @@ class Engine(abc.ABC):
     tokenizer: Any
     is_reward_model: bool = False
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Config) -> None:
         self.config = config
 
     def chat(
@@ -84,7 +87,7 @@ class Engine(abc.ABC):
         system: str | None = None,
         tools: str | None = None,
         **generation: Any,
-    ) -> Iterator[str]:
+    ) -> Generator[str, None, Response]:
         """Like `chat` for one answer, yielding its text piece by piece.
 
         Arguments are checked when this is called, before the first piece; closing the
@@ -153,7 +156,7 @@ class Engine(abc.ABC):
         )
 
 
-def load_engine(config: Any) -> Engine:
+def load_engine(config: Config) -> Engine:
     """The engine `config.model.infer_backend` names, with the config's model loaded.
 
     Raises:

@@ -12,11 +12,14 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.config.fields import coerce
 from tuneforge.errors import ConfigError
 from tuneforge.utils.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 # key -> type, for the keys a call may override
 GENERATION_KEYS: dict[str, Any] = {
@@ -71,7 +74,7 @@ class GenerationSettings:
         return budget
 
 
-def resolve_generation(config: Any, overrides: Mapping[str, Any]) -> GenerationSettings:
+def resolve_generation(config: Config, overrides: Mapping[str, Any]) -> GenerationSettings:
     """The settings of one call: the config's values with `overrides` applied.
 
     LLaMA-Factory's rules hold: `max_new_tokens` wins over `max_length` (a call that sets only
@@ -103,7 +106,7 @@ def resolve_generation(config: Any, overrides: Mapping[str, Any]) -> GenerationS
     return settings
 
 
-def _defaults(config: Any) -> dict[str, Any]:
+def _defaults(config: Config) -> dict[str, Any]:
     generation = dataclasses.asdict(config.generation)
     if generation["max_new_tokens"] <= 0:
         generation["max_new_tokens"] = None

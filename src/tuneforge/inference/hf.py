@@ -17,7 +17,7 @@ import logging
 import queue
 import threading
 from collections.abc import Generator, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
@@ -28,7 +28,11 @@ from tuneforge.errors import ConfigError, DataError
 from tuneforge.inference.engine import Engine, Response
 from tuneforge.inference.generation import GenerationSettings, TextAssembler, assemble
 from tuneforge.models.loader import device_type, load_model
-from tuneforge.models.tokenizer import load_tokenizer_and_template
+from tuneforge.models.tokenizer import base_model_path, load_tokenizer_and_template
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
+    from tuneforge.config.model import ModelConfig
 
 logger = logging.getLogger("tuneforge")
 # LLaMA-Factory writes the .bin when save_safetensors is off
@@ -38,7 +42,7 @@ SCORE_BATCH = 8
 class HuggingFaceEngine(Engine):
     """An Engine on a transformers model (see the module docstring)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.tokenizer, self.template = load_tokenizer_and_template(config)
         model = load_model(config.model, self.tokenizer, self.template.stop_words)
@@ -145,7 +149,9 @@ class HuggingFaceEngine(Engine):
                 if piece := assembler.finish():
                     yield piece
                 used = len(assembler.ids) + hit_stop_token  # the stop token counts, as in chat()
-                reason = "stop" if assembler.stopped or hit_stop_token else "length"
+                reason: Literal["stop", "length"] = (
+                    "stop" if assembler.stopped or hit_stop_token else "length"
+                )
                 return Response(assembler.text, len(prompt_ids), used, reason)
             finally:  # also when the caller stops reading (GeneratorExit) or presses Ctrl-C
                 criteria.cancel.set()
@@ -270,7 +276,7 @@ class TextStopCriteria(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def merge_adapters(model: Any, model_config: Any) -> Any:
+def merge_adapters(model: Any, model_config: ModelConfig) -> Any:
     """`model` with the LoRA adapters of `adapter_name_or_path` merged in, in order.
 
     A quantized base cannot take merged weights: its (single) adapter stays a PeftModel.
@@ -284,12 +290,12 @@ def merge_adapters(model: Any, model_config: Any) -> Any:
     return model.eval()
 
 
-def find_value_head(model_config: Any, model: Any) -> Any:
+def find_value_head(model_config: ModelConfig, model: Any) -> Any:
     """The reward model's value head (see models/value_head.py), from the last adapter's
     folder or the model's; None for a plain language model."""
     from tuneforge.models.value_head import load_value_head
 
-    folders = [*(model_config.adapter_name_or_path or [])[-1:], model_config.model_name_or_path]
+    folders = [*(model_config.adapter_name_or_path or [])[-1:], base_model_path(model_config)]
     hidden = model.config.get_text_config().hidden_size
     for folder in folders:
         head = load_value_head(folder, hidden)

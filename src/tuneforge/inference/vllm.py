@@ -16,12 +16,15 @@ import queue
 import threading
 import uuid
 from collections.abc import Generator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import ConfigError, NotAvailableError
 from tuneforge.inference.engine import Engine, Response
 from tuneforge.inference.generation import GenerationSettings
 from tuneforge.models.tokenizer import load_tokenizer_and_template
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 _END = object()
 
@@ -39,7 +42,7 @@ def import_vllm() -> Any:
     return vllm
 
 
-def engine_arguments(config: Any, device_count: int) -> dict[str, Any]:
+def engine_arguments(config: Config, device_count: int) -> dict[str, Any]:
     """AsyncEngineArgs fields for a config (LLaMA-Factory's mapping; `vllm_config` wins)."""
     model = config.model
     arguments = {
@@ -59,7 +62,7 @@ def engine_arguments(config: Any, device_count: int) -> dict[str, Any]:
     return arguments | dict(model.vllm_config or {})
 
 
-def _check_supported(config: Any) -> None:
+def _check_supported(config: Config) -> None:
     model = config.model
     if model.adapter_name_or_path and len(model.adapter_name_or_path) > 1:
         raise ConfigError(
@@ -76,7 +79,7 @@ def _check_supported(config: Any) -> None:
 class VllmEngine(Engine):
     """An Engine on vLLM (see the module docstring)."""
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: Config) -> None:
         vllm = import_vllm()
         super().__init__(config)
         _check_supported(config)
@@ -180,6 +183,8 @@ class VllmEngine(Engine):
                 yield item
         finally:  # a reader that stops early aborts the request (vLLM aborts on cancel)
             future.cancel()
+        # _produce sends the Response before _END whenever vLLM gave any output at all
+        raise RuntimeError("vLLM finished the request without an output")
 
     def get_scores(self, texts: Any, **kwargs: Any) -> list[float]:
         raise NotAvailableError(

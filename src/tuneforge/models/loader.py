@@ -6,14 +6,19 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from tuneforge.errors import ConfigError, NotAvailableError
 from tuneforge.models.attention import attention_implementation
 from tuneforge.models.lean_layers import apply_lean_layers
-from tuneforge.models.tokenizer import load_pretrained
+from tuneforge.models.tokenizer import base_model_path, load_pretrained
+
+if TYPE_CHECKING:
+    from transformers import TrainingArguments
+
+    from tuneforge.config.model import ModelConfig
 
 logger = logging.getLogger("tuneforge")
 
@@ -24,7 +29,7 @@ def device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def compute_dtype(training: Any | None, model: Any) -> torch.dtype:
+def compute_dtype(training: TrainingArguments | None, model: ModelConfig) -> torch.dtype:
     """Weights' dtype: bf16/fp16 as the training arguments ask on an accelerator; float32 on
     CPU (the same code, without mixed precision); `infer_dtype` for inference."""
     if training is None:
@@ -42,12 +47,12 @@ def compute_dtype(training: Any | None, model: Any) -> torch.dtype:
     return torch.float32
 
 
-def load_config(model: Any, cutoff_len: int | None) -> Any:
+def load_config(model: ModelConfig, cutoff_len: int | None) -> Any:
     """The model's transformers config with RoPE scaling applied (LLaMA-Factory's rule: the
     factor is ceil(cutoff_len / max_position_embeddings), and only when it is needed)."""
     from transformers import AutoConfig
 
-    hf_config = load_pretrained(AutoConfig, model.model_name_or_path, _hub_kwargs(model), "config")
+    hf_config = load_pretrained(AutoConfig, base_model_path(model), _hub_kwargs(model), "config")
     if model.rope_scaling and cutoff_len:
         _scale_rope(hf_config, model.rope_scaling, cutoff_len)
     if model.moe_aux_loss_coef is not None and hasattr(hf_config, "router_aux_loss_coef"):
@@ -55,7 +60,7 @@ def load_config(model: Any, cutoff_len: int | None) -> Any:
     return hf_config
 
 
-def _hub_kwargs(model: Any) -> dict[str, Any]:
+def _hub_kwargs(model: ModelConfig) -> dict[str, Any]:
     return {
         "revision": model.model_revision,
         "cache_dir": model.cache_dir,
@@ -88,11 +93,11 @@ def _scale_rope(hf_config: Any, kind: str, cutoff_len: int) -> None:
 
 
 def load_model(
-    model: Any,
+    model: ModelConfig,
     tokenizer: Any,
     stop_words: tuple[str, ...],
     *,
-    training: Any | None = None,
+    training: TrainingArguments | None = None,
     cutoff_len: int | None = None,
 ) -> Any:
     """The model of `model.model_name_or_path`, ready to train (`training` given) or to infer."""
@@ -116,7 +121,7 @@ def load_model(
             trust_remote_code=model.trust_remote_code,
         )
     else:
-        loaded = load_pretrained(AutoModelForCausalLM, model.model_name_or_path, kwargs, "model")
+        loaded = load_pretrained(AutoModelForCausalLM, base_model_path(model), kwargs, "model")
     if liger:
         apply_liger_kernel(loaded)
     elif training is not None:
@@ -142,7 +147,7 @@ def load_model(
     return loaded
 
 
-def checkpointing_wanted(model: Any, training: Any) -> bool:
+def checkpointing_wanted(model: ModelConfig, training: TrainingArguments) -> bool:
     """Gradient checkpointing unless turned off. Unset, it is off on CPU: there a batch runs in
     passes of at most cutoff_len tokens (Trainer.max_pass_tokens), so the activations kept are
     one long example's at most, and the recompute would cost a quarter of the speed of a
@@ -155,7 +160,7 @@ def checkpointing_wanted(model: Any, training: Any) -> bool:
     return not model.disable_gradient_checkpointing
 
 
-def quantization_kwargs(model: Any, dtype: torch.dtype, training: bool) -> dict[str, Any]:
+def quantization_kwargs(model: ModelConfig, dtype: torch.dtype, training: bool) -> dict[str, Any]:
     """from_pretrained arguments that load the base model quantized by bitsandbytes (QLoRA)."""
     import importlib.util
 
@@ -185,13 +190,13 @@ def quantization_kwargs(model: Any, dtype: torch.dtype, training: bool) -> dict[
             bnb_4bit_quant_type=model.quantization_type,
         )
     # training: the whole model on this process's GPU; inference may spread it over several
-    device_map = "auto" if model.quantization_device_map == "auto" and not training else None
-    if device_map is None:
+    device_map: str | dict[str, int] = "auto"
+    if model.quantization_device_map != "auto" or training:
         device_map = {"": torch.cuda.current_device()}
     return {"quantization_config": quantization, "device_map": device_map}
 
 
-def _check_accelerations(model: Any, training: Any | None) -> bool:
+def _check_accelerations(model: ModelConfig, training: TrainingArguments | None) -> bool:
     """Refuses accelerations that cannot run here; returns whether Liger kernels apply."""
     import importlib.util
 

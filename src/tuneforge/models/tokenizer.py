@@ -6,14 +6,25 @@ only on models/ and templates/ for it, never on the training stack."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.templates import template_for
 from tuneforge.utils.hub import hub_reachable, looks_like_path
 
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
+    from tuneforge.config.model import ModelConfig
 
-def load_tokenizer(model: Any) -> Any:
+
+def base_model_path(model: ModelConfig) -> str:
+    """`model_name_or_path`: optional as a key, but every loader needs it."""
+    if not model.model_name_or_path:
+        raise ConfigError("`model_name_or_path` is required: a model folder or a hub id.")
+    return model.model_name_or_path
+
+
+def load_tokenizer(model: ModelConfig) -> Any:
     """The tokenizer of `model.model_name_or_path` with the config's added tokens.
 
     A local folder loads directly; a hub id loads from the local cache when it is there,
@@ -21,9 +32,7 @@ def load_tokenizer(model: Any) -> Any:
     """
     from transformers import AutoTokenizer
 
-    name = model.model_name_or_path
-    if not name:
-        raise ConfigError("`model_name_or_path` is required: a model folder or a hub id.")
+    name = base_model_path(model)
     kwargs = {
         "use_fast": model.use_fast_tokenizer,
         "revision": model.model_revision,
@@ -88,7 +97,7 @@ def fit_tokenizer_to_template(
         tokenizer.pad_token = tokenizer.eos_token
 
 
-def load_tokenizer_and_template(config: Any) -> tuple[Any, Any]:
+def load_tokenizer_and_template(config: Config) -> tuple[Any, Any]:
     """The tokenizer, fitted to the template's stop words, and the template bound to it."""
     tokenizer = load_tokenizer(config.model)
     template = template_for(config.data, tokenizer)

@@ -17,6 +17,7 @@ import hmac
 import logging
 import time
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -46,7 +47,7 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
 
 
-def _error_response(error: ApiError, headers: dict[str, str] | None = None) -> JSONResponse:
+def _error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
     return JSONResponse(error.body(), status_code=error.status, headers=headers)
 
 

@@ -40,6 +40,7 @@ from tuneforge.serving.protocol import (
     Choice,
     ChunkChoice,
     Delta,
+    FinishReason,
     ResponseMessage,
     ToolCallDelta,
     Usage,
@@ -248,7 +249,9 @@ class ChatService:
     engine: Any
     model_name: str
 
-    def _reply(self, job: ChatJob, text: str, finish_reason: str) -> tuple[ResponseMessage, str]:
+    def _reply(
+        self, job: ChatJob, text: str, finish_reason: FinishReason
+    ) -> tuple[ResponseMessage, FinishReason]:
         """The assistant message for a reply, parsed into tool calls when tools were shown."""
         tool_format = self.engine.template.tool_format
         calls = parse_tool_calls(tool_format, text) if job.tools is not None else None
@@ -295,7 +298,8 @@ class ChatService:
 
     async def _events(self, job: ChatJob, first: EngineStream) -> AsyncIterator[str]:
         chunk = _ChunkMaker(_completion_id(), int(time.time()), self.model_name)
-        results, first_pieces = [], []
+        results: list[Any] = []  # each choice's final Response (None: the stream gave none)
+        first_pieces: list[str] = []
         try:
             for index in range(job.n):
                 stream: EngineStream | _Replay = first
@@ -308,7 +312,7 @@ class ChatService:
                     yield event
                 results.append(stream.result)
             if job.include_usage and None not in results:
-                yield _sse(chunk(choices=[], usage=_usage(results)))
+                yield _sse(chunk.usage(_usage(results)))
             elif job.include_usage:
                 logger.warning("usage left out of a stream: the engine's stream gave no counts")
         except UserError as error:
@@ -367,21 +371,21 @@ class _ChunkMaker:
     model: str
 
     def __call__(
-        self,
-        index: int | None = None,
-        delta: Delta | None = None,
-        finish_reason: str | None = None,
-        choices: list[ChunkChoice] | None = None,
-        usage: Usage | None = None,
+        self, index: int, delta: Delta, finish_reason: FinishReason | None = None
     ) -> ChatCompletionChunk:
-        if choices is None:
-            choices = [ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)]
+        choice = ChunkChoice(index=index, delta=delta, finish_reason=finish_reason)
         return ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=choices, usage=usage
+            id=self.id, created=self.created, model=self.model, choices=[choice]
+        )
+
+    def usage(self, usage: Usage) -> ChatCompletionChunk:
+        """The closing chunk of `stream_options.include_usage`: no choices, only the counts."""
+        return ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=[], usage=usage
         )
 
 
-def _finish_reason(result: Any) -> str:
+def _finish_reason(result: Any) -> FinishReason:
     # "stop" when the engine's stream did not say why it ended (see EngineStream)
     return "stop" if result is None else result.finish_reason
 

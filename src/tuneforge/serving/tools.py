@@ -20,6 +20,7 @@ from tuneforge.serving.protocol import (
     ApiError,
     ChatCompletionRequest,
     FunctionCallOut,
+    NamedToolChoice,
     ToolCallIn,
     ToolCallOut,
 )
@@ -46,7 +47,11 @@ def tools_for_prompt(request: ChatCompletionRequest) -> str | None:
     """
     choice = request.tool_choice or "auto"
     if choice not in ("auto", "none"):
-        wanted = "required" if choice == "required" else f"the function {choice.function.name!r}"
+        wanted = (
+            f"the function {choice.function.name!r}"
+            if isinstance(choice, NamedToolChoice)
+            else "required"
+        )
         raise ApiError(
             400,
             f"tool_choice {wanted} is not supported: this server cannot force the model to call a "

@@ -76,8 +76,9 @@ class TurnText:
 class ChatTemplate(Protocol):
     """What encoders and inference code use: `Template` and `AutoTemplate` both provide it."""
 
-    name: str
-
+    # read-only: a frozen dataclass field does not satisfy a settable protocol attribute
+    @property
+    def name(self) -> str: ...
     @property
     def stop_words(self) -> tuple[str, ...]: ...
     @property

@@ -48,8 +48,18 @@ def _checkpoints(output_dir: Path) -> list[Path]:
     """`checkpoint-N` folders under output_dir, newest (largest N) first."""
     if not output_dir.is_dir():
         return []
-    found = [p for p in output_dir.iterdir() if p.is_dir() and checkpoint_step(p) is not None]
-    return sorted(found, key=checkpoint_step, reverse=True)
+    found = [
+        (step, path)
+        for path in output_dir.iterdir()
+        if path.is_dir() and (step := checkpoint_step(path)) is not None
+    ]
+    return [path for _, path in sorted(found, key=lambda item: item[0], reverse=True)]
+
+
+def _output_dir(args: TrainingArguments) -> Path:
+    # typed optional, but TrainingArguments.__post_init__ replaces None with "trainer_output"
+    assert args.output_dir is not None
+    return Path(args.output_dir)
 
 
 def is_complete(checkpoint: Path) -> bool:
@@ -98,8 +108,9 @@ class CheckpointCompleteCallback(TrainerCallback):
         # Checkpoints past our starting step belong to an earlier run that this one overwrites
         # (overwrite_output_dir, or resuming from an earlier checkpoint). Unmark them, so that a
         # crash in the middle of re-saving one never leaves it looking complete.
-        for checkpoint in _checkpoints(Path(args.output_dir)):
-            if checkpoint_step(checkpoint) > state.global_step and (checkpoint / MARKER).exists():
+        for checkpoint in _checkpoints(_output_dir(args)):
+            step = checkpoint_step(checkpoint)
+            if step is not None and step > state.global_step and (checkpoint / MARKER).exists():
                 logger.info(
                     "Unmarking %s: this run starts at step %d.", checkpoint, state.global_step
                 )
@@ -110,7 +121,7 @@ class CheckpointCompleteCallback(TrainerCallback):
     ) -> None:
         if not args.should_save:
             return
-        checkpoint = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        checkpoint = _output_dir(args) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
         if not checkpoint.is_dir():  # hyper-parameter search saves under run-*/ folders
             logger.warning("No %s to mark complete.", checkpoint)
             return
@@ -207,10 +218,10 @@ def resolve_resume(
     """
     output_dir = Path(output_dir)
     if isinstance(resume_from_checkpoint, (str, os.PathLike)):
-        checkpoint = Path(resume_from_checkpoint)
-        _check_explicit(checkpoint)
-        logger.info("Resuming training from %s.", checkpoint)
-        return str(checkpoint)
+        explicit = Path(resume_from_checkpoint)
+        _check_explicit(explicit)
+        logger.info("Resuming training from %s.", explicit)
+        return str(explicit)
     if resume_from_checkpoint is True:
         if overwrite_output_dir:
             raise ConfigError(

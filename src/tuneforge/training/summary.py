@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 logger = logging.getLogger("tuneforge")
 
@@ -13,7 +16,7 @@ logger = logging.getLogger("tuneforge")
 class SummaryCallback(TrainerCallback):
     """Logs the summary once the trainer knows the number of steps."""
 
-    def __init__(self, config: Any, counts: tuple[int, int], train_set: Any):
+    def __init__(self, config: Config, counts: tuple[int, int], train_set: Any):
         self.config = config
         self.trainable, self.total = counts
         self.train_set = train_set

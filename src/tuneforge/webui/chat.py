@@ -16,9 +16,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import NotAvailableError, UserError
+
+if TYPE_CHECKING:
+    from tuneforge.config.data import DataConfig
+    from tuneforge.config.generation import GenerationConfig
+    from tuneforge.config.loader import Config
 
 Messages = list[dict[str, str]]
 
@@ -34,7 +39,7 @@ def import_gradio() -> Any:
     return gradio
 
 
-def chat_block(get_engine: Callable[[], Any], config: Any = None) -> dict[str, Any]:
+def chat_block(get_engine: Callable[[], Any], config: Config | None = None) -> dict[str, Any]:
     """Adds the chat components to the gr.Blocks (or Tab, Column) being built.
 
     Args:
@@ -102,7 +107,7 @@ def chat_block(get_engine: Callable[[], Any], config: Any = None) -> dict[str, A
     }
 
 
-def _defaults(config: Any) -> tuple[Any, Any]:
+def _defaults(config: Config | None) -> tuple[GenerationConfig, DataConfig]:
     if config is not None:
         return config.generation, config.data
     from tuneforge.config.data import DataConfig
@@ -173,7 +178,7 @@ def display(messages: Messages) -> list[dict[str, str]]:
     return shown
 
 
-def build_chat_app(engine: Any, config: Any = None) -> Any:
+def build_chat_app(engine: Any, config: Config | None = None) -> Any:
     """A page holding only the chat block, answering with `engine`."""
     gr = import_gradio()
     title = config.model.model_name_or_path if config is not None else "model"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import UserError
 from tuneforge.webui.arguments import chat_keys, validate
@@ -14,6 +14,9 @@ from tuneforge.webui.components import VALUE, Page
 from tuneforge.webui.locale import FormError, describe, text
 from tuneforge.webui.paths import Saves
 from tuneforge.webui.spec import form_spec
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 CHAT_BUTTONS = ("send", "clear")
 
@@ -25,7 +28,7 @@ class EngineHolder:
         self._engine: Any = None
         self._lock = threading.Lock()
 
-    def load(self, config: Any) -> None:
+    def load(self, config: Config) -> None:
         """Replaces the loaded engine (if any) by one for `config`."""
         from tuneforge.inference import load_engine
 

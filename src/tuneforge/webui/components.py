@@ -85,7 +85,7 @@ class Page:
 def make_widget(spec: Field, lang: str, **overrides: Any) -> Any:
     """A gradio component for one field, with its label and help in `lang`."""
     gr = import_gradio()
-    common = {"label": label(lang, spec.name), "info": info(lang, spec.name)}
+    common: dict[str, Any] = {"label": label(lang, spec.name), "info": info(lang, spec.name)}
     common |= {"elem_id": f"tf-{spec.name}", "interactive": True}
     if spec.widget in ("dropdown", "multiselect"):
         multiselect = spec.widget == "multiselect"

@@ -22,7 +22,8 @@ def strings(lang: str) -> dict[str, Any]:
     """Every entry of one language's locale file."""
     if lang not in LANGUAGES:
         lang = DEFAULT_LANGUAGE
-    path = resources.files("tuneforge.webui").joinpath("locales", f"{lang}.yaml")
+    # one step at a time: Python 3.10's Traversable.joinpath takes a single name
+    path = resources.files("tuneforge.webui") / "locales" / f"{lang}.yaml"
     return yaml.safe_load(path.read_text(encoding="utf-8"))
 
 
@@ -61,6 +62,6 @@ class FormError(UserError):
         return text(lang, self.key, **values)
 
 
-def describe(error: UserError, lang: str) -> str:
+def describe(error: Exception, lang: str) -> str:
     """An error's message for the page: a FormError in `lang`, others as raised."""
     return error.message(lang) if isinstance(error, FormError) else str(error)

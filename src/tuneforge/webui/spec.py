@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -42,7 +42,7 @@ class Panel:
     when: dict[str, tuple[str, ...]]  # field -> values for which the panel applies
     rows: tuple[tuple[str, ...], ...]
 
-    def applies(self, values: dict[str, Any]) -> bool:
+    def applies(self, values: Mapping[str, Any]) -> bool:
         return all(values.get(name) in allowed for name, allowed in self.when.items())
 
 
