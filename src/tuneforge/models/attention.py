@@ -86,14 +86,15 @@ def varlen_sdpa(
     return output.transpose(1, 2).contiguous(), None
 
 
-def _no_mask(*args: Any, attention_mask: torch.Tensor | None = None, **kwargs: Any):
+def _no_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
     """The mask transformers would build for us: none when there is no padding (the
-    segments carry the causal structure), else the 2-D padding mask turned 4-D boolean."""
+    segments carry the causal structure), else the 2-D padding mask turned 4-D boolean.
+    transformers passes every argument of a mask function by name."""
     if attention_mask is None or bool(attention_mask.all()):
         return None
     from transformers.masking_utils import sdpa_mask
 
-    return sdpa_mask(*args, attention_mask=attention_mask, **kwargs)
+    return sdpa_mask(attention_mask=attention_mask, **kwargs)
 
 
 def register_varlen_attention() -> str:

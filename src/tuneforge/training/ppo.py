@@ -39,7 +39,6 @@ from tuneforge.training import ppo_math
 from tuneforge.training.ppo_models import sequences_row
 from tuneforge.training.predict import generate_batch, generation_kwargs
 from tuneforge.training.reward import ValueHeadSaving
-from tuneforge.training.trainer import Trainer
 
 logger = logging.getLogger("tuneforge")
 PPO_STATE_FILE = "ppo_state.json"  # KL coefficient and score statistics, in each checkpoint
@@ -71,13 +70,20 @@ def until_stop(ids: list[int], stop_ids: set[int]) -> list[int]:
     return ids
 
 
-class PPOTrainer(ValueHeadSaving, Trainer):
+class PPOTrainer(ValueHeadSaving):
     """PPO of a ModelWithValueHead policy (its head is the critic) against a reward scorer."""
 
     def __init__(
-        self, *args: Any, generation: Any, reward: Any, reference: Any, **kwargs: Any
+        self,
+        *args: Any,
+        train_dataset: Any,
+        generation: Any,
+        reward: Any,
+        reference: Any,
+        **kwargs: Any,
     ) -> None:
-        super().__init__(*args, **kwargs)
+        super().__init__(*args, train_dataset=train_dataset, **kwargs)
+        self.prompts: list[list[int]] = [list(ids) for ids in train_dataset["input_ids"]]
         self.generation = {**generation_kwargs(generation), "use_cache": True}
         self.reward = reward
         self.reference = reference
@@ -98,16 +104,16 @@ class PPOTrainer(ValueHeadSaving, Trainer):
         if self.args.max_steps > 0:
             return self.args.max_steps
         per_step = self.buffer_size * self.args.world_size
-        return math.ceil(self.args.num_train_epochs * len(self.train_dataset) / per_step)
+        return math.ceil(self.args.num_train_epochs * len(self.prompts) / per_step)
 
     def epochs_after(self, steps: int) -> float:
         """Passes over the prompts that `steps` PPO steps make."""
-        return steps * self.buffer_size * self.args.world_size / len(self.train_dataset)
+        return steps * self.buffer_size * self.args.world_size / len(self.prompts)
 
     def prompt_buffers(self, skip: int) -> Iterator[list[list[int]]]:
         """This process's prompts for each PPO step, epoch after epoch (seeded shuffles, so a
         resumed run sees the same order); the first `skip` buffers are passed over."""
-        prompts = list(self.train_dataset["input_ids"])
+        prompts = self.prompts
         size, world, rank = self.buffer_size, self.args.world_size, self.args.process_index
         order: list[int] = []
         epoch = step = 0
@@ -121,23 +127,26 @@ class PPOTrainer(ValueHeadSaving, Trainer):
                 epoch += 1
             chunk, order = order[: size * world], order[size * world :]
             if step >= skip:
-                yield [list(prompts[i]) for i in chunk[rank * size : (rank + 1) * size]]
+                yield [prompts[i] for i in chunk[rank * size : (rank + 1) * size]]
             step += 1
 
     # --- the loop -----------------------------------------------------------------------
 
-    def train(self, resume_from_checkpoint: str | None = None, **kwargs: Any) -> TrainOutput:
+    def train(  # type: ignore[override]  # PPO resumes from a path only (resolve_resume)
+        self, resume_from_checkpoint: str | None = None, **kwargs: Any
+    ) -> TrainOutput:
         args = self.args
         max_steps = self.total_steps()
         self.create_optimizer_and_scheduler(num_training_steps=max_steps)
         self.model_wrapped, self.optimizer = self.accelerator.prepare(self.model, self.optimizer)
-        self.state = TrainerState(
-            stateful_callbacks=[
-                cb
-                for cb in [*self.callback_handler.callbacks, self.control]
-                if isinstance(cb, ExportableState)
-            ]
-        )
+        # callbacks and the control object whose state checkpoints keep (TrainerControl is no
+        # TrainerCallback, though TrainerState annotates the list so)
+        stateful: list[Any] = [
+            cb
+            for cb in [*self.callback_handler.callbacks, self.control]
+            if isinstance(cb, ExportableState)
+        ]
+        self.state = TrainerState(stateful_callbacks=stateful)
         self.state.is_local_process_zero = self.is_local_process_zero()
         self.state.is_world_process_zero = self.is_world_process_zero()
         self.state.max_steps = max_steps
@@ -155,6 +164,7 @@ class PPOTrainer(ValueHeadSaving, Trainer):
         while self.state.global_step < max_steps and not self.control.should_training_stop:
             self.control = self.callback_handler.on_step_begin(args, self.state, self.control)
             stats = self.ppo_step(next(buffers))
+            assert self.lr_scheduler is not None  # created above
             self.lr_scheduler.step()
             self.state.global_step += 1
             self.state.epoch = self.epochs_after(self.state.global_step)
@@ -252,7 +262,9 @@ class PPOTrainer(ValueHeadSaving, Trainer):
         """Rollout log-probs and values, the reference's log-probs, rewards and advantages."""
         policy = self.accelerator.unwrap_model(self.model).eval()
         size = self.args.per_device_train_batch_size
-        log_probs, values, ref_log_probs = [], [], []
+        log_prob_rows: list[torch.Tensor] = []
+        value_rows: list[torch.Tensor] = []
+        ref_rows: list[torch.Tensor] = []
         for start in range(0, len(prompts), size):
             chunk = responses[start : start + size]
             row = sequences_row(prompts[start : start + size], chunk, self.args.device)
@@ -260,11 +272,15 @@ class PPOTrainer(ValueHeadSaving, Trainer):
             chunk_log_probs, chunk_values = self.response_outputs(policy, row)
             with self.autocast_smart_context_manager():
                 reference = self.reference(row).float()
-            log_probs += chunk_log_probs.split(lengths)
-            values += chunk_values.split(lengths)
-            ref_log_probs += reference.split(lengths)
-        mask = padded([torch.ones_like(lp) for lp in log_probs])
-        log_probs, values, ref_log_probs = padded(log_probs), padded(values), padded(ref_log_probs)
+            log_prob_rows += chunk_log_probs.split(lengths)
+            value_rows += chunk_values.split(lengths)
+            ref_rows += reference.split(lengths)
+        mask = padded([torch.ones_like(lp) for lp in log_prob_rows])
+        log_probs, values, ref_log_probs = (
+            padded(log_prob_rows),
+            padded(value_rows),
+            padded(ref_rows),
+        )
         rewards, kl = ppo_math.kl_penalized_rewards(
             scores, log_probs, ref_log_probs, mask, self.kl_control.value
         )
@@ -286,6 +302,8 @@ class PPOTrainer(ValueHeadSaving, Trainer):
         """`ppo_epochs` passes over the buffer in shuffled mini-batches; an optimizer step per
         `gradient_accumulation_steps` mini-batches."""
         args = self.args
+        model, optimizer = self.model, self.optimizer
+        assert model is not None and optimizer is not None  # set up by train()
         policy = self.model_wrapped.train()
         size, accumulation = args.per_device_train_batch_size, args.gradient_accumulation_steps
         sums: dict[str, float] = defaultdict(float)
@@ -301,11 +319,9 @@ class PPOTrainer(ValueHeadSaving, Trainer):
                 updates += 1
                 if (index + 1) % accumulation == 0 or index + 1 == len(batches):
                     if args.max_grad_norm and args.max_grad_norm > 0:
-                        self.accelerator.clip_grad_norm_(
-                            self.model.parameters(), args.max_grad_norm
-                        )
-                    self.optimizer.step()
-                    self.optimizer.zero_grad()
+                        self.accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad()
         return {name: total / updates for name, total in sums.items()}
 
     def minibatch_losses(
@@ -344,6 +360,7 @@ class PPOTrainer(ValueHeadSaving, Trainer):
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
+            assert self.args.output_dir is not None  # effective_training_arguments requires one
             folder = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}")
             state = {"kl_coef": self.kl_control.value, "score_moments": asdict(self.score_moments)}
             with open(os.path.join(folder, PPO_STATE_FILE), "w", encoding="utf-8") as handle:

@@ -63,19 +63,21 @@ class PreferenceTrainer(Trainer):
     def precompute_reference(self) -> None:
         """Scores the train and eval sets with the reference once, as dataset columns, so that
         training runs no reference forward; a separate reference model is then released."""
-        if self.reference is None:
+        reference = self.reference
+        if reference is None:
             return
-        self.train_dataset = self._with_reference_columns(self.train_dataset, "train")
-        self.eval_dataset = self._with_reference_columns(self.eval_dataset, "eval")
+        self.train_dataset = self._with_reference_columns(self.train_dataset, "train", reference)
+        self.eval_dataset = self._with_reference_columns(self.eval_dataset, "eval", reference)
         self.reference = Reference()
         self._precomputed = True
 
-    def _with_reference_columns(self, dataset: Any, split: str) -> Any:
+    def _with_reference_columns(self, dataset: Any, split: str, reference: Reference) -> Any:
         if dataset is None:
             return None
         if isinstance(dataset, dict):
             return {
-                name: self._with_reference_columns(part, name) for name, part in dataset.items()
+                name: self._with_reference_columns(part, name, reference)
+                for name, part in dataset.items()
             }
         from torch.utils.data import DataLoader
 
@@ -86,7 +88,7 @@ class PreferenceTrainer(Trainer):
         policy = self.accelerator.unwrap_model(self.model)
         for batch in loader:
             row = self._prepare_inputs(batch)
-            with scoring_as_reference(self.reference, policy) as scorer:
+            with scoring_as_reference(reference, policy) as scorer:
                 first, second = sequence_log_probs(scorer, row, self.ld_alpha)[0].chunk(2)
             columns[0].extend(first.tolist())
             columns[1].extend(second.tolist())
@@ -181,7 +183,9 @@ class KTOTrainer(PreferenceTrainer):
         policy, counts = sequence_log_probs(model, examples)
         with scoring(self.accelerator.unwrap_model(model)) as scorer:
             policy_kl = sequence_log_probs(scorer, mismatched)[0]
-        reference, reference_kl = self.reference_log_probs(model, batch).chunk(2)
+        references = self.reference_log_probs(model, batch)
+        assert references is not None  # KTO always compares with a reference
+        reference, reference_kl = references.chunk(2)
         kl = kto_kl(policy_kl, reference_kl, self._sum_across_processes)
         losses, rewards = kto_loss(
             policy,

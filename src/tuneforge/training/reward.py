@@ -41,7 +41,7 @@ def pairwise_metrics(chosen: torch.Tensor, rejected: torch.Tensor) -> Metrics:
     }
 
 
-class ValueHeadSaving:
+class ValueHeadSaving(Trainer):
     """Saving and resuming for a Trainer whose model is a ModelWithValueHead: the language
     model's own files (adapter or full weights) plus value_head.safetensors."""
 
@@ -51,6 +51,7 @@ class ValueHeadSaving:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
+        assert output_dir is not None  # effective_training_arguments requires one
         os.makedirs(output_dir, exist_ok=True)
         self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
         if self.processing_class is not None:
@@ -65,7 +66,7 @@ class ValueHeadSaving:
             wrapper.v_head.load_state_dict(head.state_dict())
 
 
-class RewardTrainer(ValueHeadSaving, Trainer):
+class RewardTrainer(ValueHeadSaving):
     """Trains a ModelWithValueHead on pairwise batches; logs rewards/* each logging step and
     reports pairwise accuracy (`eval_accuracy`) in evaluation."""
 

@@ -129,12 +129,12 @@ class Trainer(HFTrainer):
         # Each pass's loss is divided by the whole batch's trained tokens, so the summed
         # gradients equal one pass over the batch; DDP syncs only on the last pass.
         passes = inputs.passes(budget)
-        loss = 0.0
+        losses = []
         for index, row in enumerate(passes):
             last = index == len(passes) - 1
             with contextlib.nullcontext() if last else self.accelerator.no_sync(model):
-                loss = loss + super().training_step(model, row, num_items_in_batch)
-        return loss
+                losses.append(super().training_step(model, row, num_items_in_batch))
+        return torch.stack(losses).sum()
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, metrics = self.loss_and_metrics(model, inputs, num_items_in_batch)
@@ -165,6 +165,7 @@ class Trainer(HFTrainer):
             ignore_keys=ignore_keys,
             metric_key_prefix=metric_key_prefix,
         )
+        assert output.metrics is not None  # transformers' evaluation_loop always fills them
         for name, value in self._means("eval").items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
         return output
@@ -181,8 +182,8 @@ class Trainer(HFTrainer):
     def train(self, *args: Any, **kwargs: Any):
         """transformers' train(), with examples and effective tokens per second added."""
         result = super().train(*args, **kwargs)
-        examples = torch.tensor(self._examples_seen, device=self.args.device)
-        examples = int(self.accelerator.reduce(examples, "sum").item())
+        seen = torch.tensor(self._examples_seen, device=self.args.device)
+        examples = int(self.accelerator.reduce(seen, "sum").item())
         runtime = max(result.metrics.get("train_runtime", 0.0), 1e-9)
         result.metrics["train_examples"] = examples
         result.metrics["train_examples_per_second"] = round(examples / runtime, 3)
@@ -193,7 +194,9 @@ class Trainer(HFTrainer):
     def create_optimizer(self, model=None):
         ratio = self.finetuning.loraplus_lr_ratio if self.finetuning else None
         if self.optimizer is None and ratio:
-            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, self.model)
+            # a PeftModel works too, though transformers annotates a PreTrainedModel
+            model_type: Any = self.model
+            optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, model_type)
             kwargs.pop("lr", None)
             groups = loraplus_groups(
                 self.model,
