@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint clean
+.PHONY: install browser demo test test-fast lint clean
 
 install: $(STAMP)
 
@@ -38,9 +38,16 @@ demo: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest -q
 
+# The edit-test loop: everything not marked slow or gpu (unit tests and the quick
+# integration/e2e checks), without lint.
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -q -m "not slow and not gpu"
+
+# mypy reads its settings from pyproject.toml; its .mypy_cache makes a second run take seconds.
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) models saves .pytest_cache
+	rm -rf $(VENV) models saves .pytest_cache .mypy_cache
