@@ -230,7 +230,9 @@ def output_dtype(model_config: ModelConfig) -> torch.dtype:
         return DTYPES[model_config.infer_dtype]
     declared = getattr(load_config(model_config, None), "dtype", None)
     name = str(declared).removeprefix("torch.") if declared is not None else "float32"
-    return DTYPES.get(name, torch.float32)
+    if name in DTYPES:  # `in` narrows the name to a DTYPES key; `.get` would not type-check
+        return DTYPES[name]
+    return torch.float32
 
 
 def load_merged_model(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 
@@ -22,7 +22,12 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("tuneforge")
 
-DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+DtypeName = Literal["float16", "bfloat16", "float32"]  # the `infer_dtype` values but auto
+DTYPES: dict[DtypeName, torch.dtype] = {
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "float32": torch.float32,
+}
 
 
 def device_type() -> str:
