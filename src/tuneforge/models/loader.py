@@ -205,11 +205,7 @@ def _check_accelerations(model: ModelConfig, training: TrainingArguments | None)
     """Refuses accelerations that cannot run here; returns whether Liger kernels apply."""
     import importlib.util
 
-    if model.use_unsloth:
-        raise ConfigError(
-            "`use_unsloth` is not supported by tuneforge yet (installed or not); remove it: "
-            "tuneforge's own padding-free batching already gives much of its speed."
-        )
+    # `use_unsloth` is refused with the other config rules (config/checks.py)
     liger = model.enable_liger_kernel or (training is not None and training.use_liger_kernel)
     if liger:
         if importlib.util.find_spec("liger_kernel") is None:

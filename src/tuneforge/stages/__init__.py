@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tuneforge.errors import NotAvailableError
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 STAGES = {
     "pt": "tuneforge.stages.pt",
@@ -17,7 +20,7 @@ STAGES = {
 }
 
 
-def run_stage(config: Any) -> int:
+def run_stage(config: Config) -> int:
     stage = config.finetuning.stage
     if stage not in STAGES:
         raise NotAvailableError(f"`stage: {stage}` is not available in this version yet.")

@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tuneforge.stages.preference import train_on_preferences
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 PLOT_KEYS = ("rewards/accuracies", "rewards/margins", "eval_rewards/accuracies")
 
 
-def run(config: Any) -> int:
+def run(config: Config) -> int:
     # kto's keys were refused with the config (config/checks.py: kto_weights_need_kto)
     from tuneforge.training.preference_collate import PairwiseCollator
     from tuneforge.training.preference_trainer import DPOTrainer

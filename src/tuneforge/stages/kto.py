@@ -4,14 +4,17 @@ undesirable (`kto_tag`), with a KL reference point from mismatched (prompt, resp
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tuneforge.stages.preference import train_on_preferences
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 PLOT_KEYS = ("rewards/chosen", "rewards/margins", "kl")
 
 
-def run(config: Any) -> int:
+def run(config: Config) -> int:
     # DPO-only keys were refused with the config (config/checks.py: kto_refuses_dpo_keys)
     from tuneforge.training.preference_collate import KTOCollator, with_kl_responses
     from tuneforge.training.preference_trainer import KTOTrainer

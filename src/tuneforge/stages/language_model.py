@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.stages.runner import (
     load_trainable_model,
@@ -12,8 +12,11 @@ from tuneforge.stages.runner import (
 )
 from tuneforge.training.collate import PaddingFreeCollator, pack_dataset
 
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
-def train_language_model(config: Any) -> int:
+
+def train_language_model(config: Config) -> int:
     run = prepare_run(config)
     data = run.data
     train_set = data.train
@@ -53,7 +56,7 @@ def _predict(trainer: Any, run: Any) -> int:
     return 0
 
 
-def pass_tokens(config: Any, model: Any) -> int | None:
+def pass_tokens(config: Config, model: Any) -> int | None:
     """Without gradient checkpointing, every activation of a pass is kept for backward, so
     a batch goes through in passes of at most cutoff_len tokens: the peak memory of one long
     example, whatever the batch size. With checkpointing, one pass (its kept activations are

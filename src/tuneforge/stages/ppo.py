@@ -4,7 +4,7 @@ holds the policy (adapter or full weights) and its critic's value_head.safetenso
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 from tuneforge.stages.rm import starting_value_head
 from tuneforge.stages.runner import (
@@ -14,8 +14,11 @@ from tuneforge.stages.runner import (
     train_and_evaluate,
 )
 
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
-def run(config: Any) -> int:
+
+def run(config: Config) -> int:
     from tuneforge.models.value_head import ModelWithValueHead
     from tuneforge.training.ppo import PPOTrainer
     from tuneforge.training.ppo_models import reference, reward_scorer

@@ -4,7 +4,7 @@ their collator and what their datasets need before batching."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.stages.runner import (
     load_trainable_model,
@@ -13,9 +13,12 @@ from tuneforge.stages.runner import (
     train_and_evaluate,
 )
 
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
+
 
 def train_on_preferences(
-    config: Any,
+    config: Config,
     trainer_class: type,
     collator: Any,
     plot_keys: tuple[str, ...],

@@ -5,7 +5,7 @@ writes each held-out pair's scores to generated_predictions.jsonl."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.stages.runner import (
     load_trainable_model,
@@ -14,8 +14,11 @@ from tuneforge.stages.runner import (
     train_and_evaluate,
 )
 
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
-def run(config: Any) -> int:
+
+def run(config: Config) -> int:
     from tuneforge.models.value_head import ModelWithValueHead
     from tuneforge.training.preference_collate import PairwiseCollator
     from tuneforge.training.reward import RewardTrainer
@@ -47,15 +50,16 @@ def run(config: Any) -> int:
     return status
 
 
-def starting_value_head(config: Any, model: Any) -> Any:
+def starting_value_head(config: Config, model: Any) -> Any:
     """The head saved with the adapter that training goes on from, or with the model
     (LLaMA-Factory's rule), else a new one; trainable weights are float32 unless pure_bf16."""
     import torch
 
+    from tuneforge.models.tokenizer import base_model_path
     from tuneforge.models.value_head import load_value_head, new_value_head
 
     adapters = config.model.adapter_name_or_path
     continued = adapters[-1] if adapters and not config.finetuning.create_new_adapter else None
-    head = load_value_head(continued or config.model.model_name_or_path) or new_value_head(model)
+    head = load_value_head(continued or base_model_path(config.model)) or new_value_head(model)
     dtype = model.dtype if config.finetuning.pure_bf16 else torch.float32
     return head.to(dtype=dtype)

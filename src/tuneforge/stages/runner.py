@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneforge.adapters import apply_method, parameter_counts
 from tuneforge.config.loader import write_resolved
@@ -31,6 +31,9 @@ from tuneforge.training.memory import (
 )
 from tuneforge.training.summary import SummaryCallback
 
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
+
 logger = logging.getLogger("tuneforge")
 
 
@@ -38,7 +41,7 @@ logger = logging.getLogger("tuneforge")
 class PreparedRun:
     """What a stage needs before it builds its model and Trainer."""
 
-    config: Any
+    config: Config
     args: Any  # transformers' Seq2SeqTrainingArguments, as effective on this machine
     resume: str | bool | None
     tokenizer: Any
@@ -47,7 +50,7 @@ class PreparedRun:
     stopper: StopOnSignalCallback
 
 
-def prepare_run(config: Any) -> PreparedRun:
+def prepare_run(config: Config) -> PreparedRun:
     """Training arguments, seed, resume point, tokenizer and template, encoded data."""
     from transformers import set_seed
 
@@ -69,7 +72,7 @@ def prepare_run(config: Any) -> PreparedRun:
     return PreparedRun(config, args, resume, tokenizer, template, data, StopOnSignalCallback())
 
 
-def load_trainable_model(config: Any, run: PreparedRun) -> Any:
+def load_trainable_model(config: Config, run: PreparedRun) -> Any:
     """The model with its finetuning method applied; writes resolved.yaml."""
     model = load_model(
         config.model,
@@ -87,7 +90,7 @@ def load_trainable_model(config: Any, run: PreparedRun) -> Any:
 
 
 def standard_callbacks(
-    config: Any,
+    config: Config,
     run: PreparedRun,
     model: Any,
     train_set: Any,

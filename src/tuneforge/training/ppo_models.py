@@ -20,15 +20,20 @@ import json
 import logging
 import urllib.error
 import urllib.request
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.errors import ModelError
+from tuneforge.models.tokenizer import base_model_path
 from tuneforge.models.value_head import ModelWithValueHead, require_value_head, sequence_scores
 from tuneforge.training.loss import token_losses
 from tuneforge.training.preference_collate import prompt_and_response
+from tuneforge.training.reference import RunParts
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 logger = logging.getLogger("tuneforge")
 REWARD_ADAPTER = "reward"
@@ -122,7 +127,11 @@ class ApiRewardScorer:
 
 
 def load_frozen_model(
-    config: Any, run: Any, path: str, adapters: list[str] | None, quantization_bit: int | None
+    config: Config,
+    run: RunParts,
+    path: str,
+    adapters: list[str] | None,
+    quantization_bit: int | None,
 ) -> Any:
     """A model for scoring only (see reference.load_frozen_model), on the training device."""
     from tuneforge.training.reference import load_frozen_model as load_frozen
@@ -133,10 +142,11 @@ def load_frozen_model(
     return model.to(run.args.device)
 
 
-def reward_scorer(config: Any, run: Any, policy: ModelWithValueHead) -> RewardScorer:
+def reward_scorer(config: Config, run: RunParts, policy: ModelWithValueHead) -> RewardScorer:
     """The reward model `config.finetuning` names, ready to score rollouts."""
     finetuning = config.finetuning
     kind, path = finetuning.reward_model_type, finetuning.reward_model
+    assert path, "config/checks.py: reward_and_ppo requires a reward_model for ppo"
     if kind == "api":
         return ApiRewardScorer(path, run.tokenizer)
     if kind == "lora":
@@ -163,12 +173,12 @@ class ReferenceLogProbs:
             return -token_losses(self.policy.pretrained_model, row)[0]
 
 
-def reference(config: Any, run: Any, policy: ModelWithValueHead) -> ReferenceLogProbs:
+def reference(config: Config, run: RunParts, policy: ModelWithValueHead) -> ReferenceLogProbs:
     """The reference policy: adapters off for LoRA, else `ref_model` or the starting model."""
     finetuning = config.finetuning
     if finetuning.finetuning_type == "lora":
         return ReferenceLogProbs(policy, None)
-    path = finetuning.ref_model or config.model.model_name_or_path
+    path = finetuning.ref_model or base_model_path(config.model)
     logger.info("Reference model for the KL penalty: %s", path)
     return ReferenceLogProbs(
         policy,

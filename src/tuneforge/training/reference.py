@@ -17,14 +17,32 @@ import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
 from tuneforge.config.finetuning import uses_reference
 from tuneforge.errors import ModelError
+from tuneforge.models.tokenizer import base_model_path
+from tuneforge.templates import Template
+
+if TYPE_CHECKING:
+    from tuneforge.config.loader import Config
 
 logger = logging.getLogger("tuneforge")
+
+
+class RunParts(Protocol):
+    """What loading a scoring model needs of a stage's PreparedRun (stages/runner.py)."""
+
+    @property
+    def args(self) -> Any: ...  # transformers' training arguments
+
+    @property
+    def tokenizer(self) -> Any: ...
+
+    @property
+    def template(self) -> Template: ...
 
 
 @dataclasses.dataclass
@@ -38,7 +56,7 @@ class Reference:
     model: Any | None = None
 
 
-def load_reference(config: Any, run: Any) -> Reference | None:
+def load_reference(config: Config, run: RunParts) -> Reference | None:
     """The reference for `config` (None for the reference-free losses orpo and simpo).
 
     Args:
@@ -68,13 +86,14 @@ def load_reference(config: Any, run: Any) -> Reference | None:
     if finetuning.precompute_ref_log_probs:
         logger.info("Reference model: the starting weights, scored once before training.")
         return Reference()
-    logger.info("Reference model: a frozen copy of %s.", config.model.model_name_or_path)
-    return Reference(load_frozen_model(config, run, config.model.model_name_or_path))
+    path = base_model_path(config.model)
+    logger.info("Reference model: a frozen copy of %s.", path)
+    return Reference(load_frozen_model(config, run, path))
 
 
 def load_frozen_model(
-    config: Any,
-    run: Any,
+    config: Config,
+    run: RunParts,
     path: str,
     adapters: list[str] | None = None,
     quantization_bit: int | None = None,
