@@ -45,6 +45,12 @@ def test_defaults_follow_llamafactory():
         ({"file_name": "a.json", "ranking": "yes"}, "`ranking` must be true or false"),
         ({"columns": {"prompt": "q"}}, "needs `file_name`"),
         ({"file_name": "a.json", "columns": {"images": "i"}}, "multimodal"),
+        # LLaMA-Factory's catalogue has such entries (nectar_rm): no default column names exist
+        ({"hf_hub_url": "org/pairs", "ranking": True}, r"add `\"columns\": \{\"chosen\""),
+        (
+            {"file_name": "a.json", "ranking": True, "columns": {"chosen": "c"}},
+            "names the columns of its two responses",
+        ),
     ],
 )
 def test_bad_entries_are_reported_with_the_dataset_name(entry, expected):

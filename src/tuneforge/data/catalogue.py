@@ -154,7 +154,10 @@ def parse_entry(name: str, entry: Any, source: Path | str) -> DatasetSpec:
         raise DataError(f"{where}: needs `file_name` (a local file or folder) or `hf_hub_url`.")
     if entry.get("ranking") is True and not (columns.chosen and columns.rejected):
         # no default names exist: rows would otherwise read as pairs of empty responses
-        raise DataError(f"{where}: a ranking dataset names its `chosen` and `rejected` columns.")
+        raise DataError(
+            f"{where}: a ranking dataset names the columns of its two responses; add "
+            '`"columns": {"chosen": ..., "rejected": ...}` to its entry.'
+        )
     plain = {k: v for k, v in entry.items() if k not in ("columns", "tags")}
     for key, value in plain.items():
         expected = _ENTRY_TYPES.get(key, str)
