@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from tuneforge.config.loader import load_config
-    from tuneforge.errors import ConfigError, UserError
+    from tuneforge.errors import EXIT_USER_ERROR, ConfigError, UserError
     from tuneforge.models.tiny import build_tiny_model
     from tuneforge.stages import run_stage
     from tuneforge.utils.logs import setup_logging
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         after = answer(str(output_dir), config, QUESTION)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     print(f"\n{QUESTION}\n  before training: {before}\n  after training:  {after}")
     print(f"\nLoss curve: {output_dir / 'training_loss.png'}; log: {output_dir}/trainer_log.jsonl")
     return 0
