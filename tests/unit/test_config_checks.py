@@ -23,6 +23,14 @@ def built(**keys):
     return build_config({"model_name_or_path": MISSING_MODEL, **keys})
 
 
+@pytest.mark.parametrize("stage", ["rm", "dpo", "kto", "ppo"])
+def test_token_accuracy_is_for_language_modelling_only(stage):
+    with pytest.raises(ConfigError, match=f"applies to `stage: pt` and `sft`, not {stage}"):
+        built(stage=stage, compute_accuracy=True, reward_model="rm_dir")
+    for allowed in ("pt", "sft"):
+        assert built(stage=allowed, compute_accuracy=True).finetuning.compute_accuracy
+
+
 @pytest.mark.parametrize("name", ["kto_chosen_weight", "kto_rejected_weight"])
 def test_dpo_refuses_kto_weights(name):
     with pytest.raises(ConfigError, match=f"`{name}` applies to `stage: kto`, not dpo"):

@@ -319,6 +319,17 @@ def freeze_layers_not_zero(config: Config) -> None:
 
 
 @check
+def token_accuracy_needs_language_modelling(config: Config) -> None:
+    stage = config.finetuning.stage
+    # the reward model always reports its pairwise accuracy; preference stages have none
+    if config.finetuning.compute_accuracy and stage not in ("pt", "sft"):
+        raise ConfigError(
+            f"`compute_accuracy` (token accuracy in evaluation) applies to `stage: pt` and "
+            f"`sft`, not {stage}; remove it (rm reports its pairwise `eval_accuracy` anyway)."
+        )
+
+
+@check
 def deepspeed_config(config: Config) -> None:
     check_deepspeed(config.training.get("deepspeed"))
 
