@@ -2,10 +2,10 @@
 
 Both subclass tuneforge's Trainer and differ only in their loss step. A batch is one
 padding-free row (data/batch.py, built by training/preference_collate.py): DPO's n chosen then
-n rejected sequences,
-KTO's n examples then their n mismatched pairs. The policy scores it in one forward (KTO's
-mismatched pairs in a second one, without gradients); the reference scores the whole row in one
-forward, or not at all when its log-probabilities were precomputed into the dataset.
+n rejected sequences, KTO's n examples then their n mismatched pairs. The policy scores it in
+one forward (KTO's mismatched pairs in a second one, without gradients); the reference scores
+the whole row in one forward, or not at all when its log-probabilities were precomputed into
+the dataset.
 
 Metrics (rewards/chosen, rewards/rejected, rewards/accuracies, rewards/margins, logps/chosen,
 logps/rejected, KTO's kl) are per-example values, logged and evaluated as means by the base
