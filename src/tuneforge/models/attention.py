@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,56 +35,125 @@ def varlen_sdpa(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    s_aux: torch.Tensor | None = None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """Causal attention within each example of a packed row ([1, heads, length, head_dim]).
+    """Causal attention within each example of a packed row ([1, heads, length, head_dim]),
+    with the variants a model's attention layer asks for: a sliding window (Mistral, Gemma 2
+    and 3, Cohere 2, gpt-oss, Qwen2 with `use_sliding_window`), soft-capped attention logits
+    (Gemma 2) and attention sinks (gpt-oss's `s_aux`).
 
-    Falls back to plain causal SDPA for an unpacked batch (one example per row, no padding),
-    and to masked SDPA when a padding mask is given (e.g. batched generation).
+    Falls back to one causal attention over the row for an unpacked batch (one example per
+    row, no padding, or a query attending to a KV cache), and to the mask transformers built
+    when a padding mask is given (batched generation).
     """
+    variant = _Variant(
+        scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
+        dropout=dropout if module.training else 0.0,
+        window=sliding_window,
+        softcap=softcap,
+        sinks=s_aux,
+    )
+    bounds = sequence_bounds(kwargs, query.shape[2]) if query.shape[0] == 1 else None
+    if bounds is None:
+        output = _attend(query, key, value, attention_mask, variant)
+    else:
+        segments = itertools.pairwise(bounds)
+        parts = [
+            _attend(query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], None, variant)
+            for a, b in segments
+        ]
+        output = torch.cat(parts, dim=2)
+    return output.transpose(1, 2).contiguous(), None
+
+
+@dataclass(frozen=True)
+class _Variant:
+    """How one attention layer attends: its scale and dropout, and the optional features."""
+
+    scale: float
+    dropout: float
+    window: int | None  # each query sees itself and the window - 1 keys before it
+    softcap: float | None  # logits become softcap * tanh(logits / softcap)
+    sinks: torch.Tensor | None  # [heads]: one extra logit per head that takes probability mass
+
+
+def _attend(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    variant: _Variant,
+) -> torch.Tensor:
+    """Causal attention of queries to keys ([batch, heads, length, head_dim]): the queries
+    are the last of the keys' positions (a KV cache holds the earlier ones). `mask`, when
+    given, is transformers' (padding, causality and window already in it)."""
+    queries, keys = query.shape[2], key.shape[2]
+    windowed = variant.window is not None and keys > variant.window
+    if mask is None and (windowed or queries not in (1, keys)):
+        mask = _causal_mask(queries, keys, variant.window, query.device)
+    if variant.softcap is not None or variant.sinks is not None:
+        return _explicit_attention(query, key, value, mask, variant)
     # grouped-query attention: SDPA shares each key/value head across its group itself, so no
     # repeated copy of keys and values is made (and kept for backward)
-    grouped = query.shape[1] != key.shape[1]
-    dropout = dropout if module.training else 0.0
-    length = query.shape[2]
-    bounds = sequence_bounds(kwargs, length) if query.shape[0] == 1 else None
-    if attention_mask is not None and bounds is None:
-        output = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            attn_mask=attention_mask,
-            dropout_p=dropout,
-            scale=scaling,
-            enable_gqa=grouped,
-        )
-    elif bounds is None:
-        output = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            dropout_p=dropout,
-            scale=scaling,
-            is_causal=length > 1,
-            enable_gqa=grouped,
-        )
+    return F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=mask,
+        dropout_p=variant.dropout,
+        scale=variant.scale,
+        is_causal=mask is None and queries > 1,
+        enable_gqa=query.shape[1] != key.shape[1],
+    )
+
+
+def _causal_mask(queries: int, keys: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """[queries, keys] True where a query may attend: keys up to its own position (the
+    queries being the last positions) and, with a window, no further back than window - 1."""
+    query_positions = torch.arange(keys - queries, keys, device=device)[:, None]
+    key_positions = torch.arange(keys, device=device)[None, :]
+    allowed = key_positions <= query_positions
+    if window is not None:
+        allowed &= key_positions > query_positions - window
+    return allowed
+
+
+def _explicit_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    variant: _Variant,
+) -> torch.Tensor:
+    """Attention written out, for what SDPA cannot do (soft-capping, sinks); the same
+    arithmetic as transformers' eager attention of those models, one sequence at a time."""
+    groups = query.shape[1] // key.shape[1]
+    key = key.repeat_interleave(groups, dim=1)
+    value = value.repeat_interleave(groups, dim=1)
+    scores = torch.matmul(query, key.transpose(2, 3)) * variant.scale
+    if variant.softcap is not None:
+        scores = torch.tanh(scores / variant.softcap) * variant.softcap
+    if mask is None:
+        mask = _causal_mask(query.shape[2], key.shape[2], None, query.device)
+    if mask.dtype == torch.bool:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     else:
-        output = torch.cat(
-            [
-                F.scaled_dot_product_attention(
-                    query[:, :, start:end],
-                    key[:, :, start:end],
-                    value[:, :, start:end],
-                    dropout_p=dropout,
-                    scale=scaling,
-                    is_causal=end - start > 1,
-                    enable_gqa=grouped,
-                )
-                for start, end in itertools.pairwise(bounds)
-            ],
-            dim=2,
-        )
-    return output.transpose(1, 2).contiguous(), None
+        scores = scores + mask
+    if variant.sinks is None:
+        probs = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    else:
+        # the sink is one more logit per head whose probability is dropped: it lets a head
+        # attend to nothing
+        sinks = variant.sinks.reshape(1, -1, 1, 1).expand(*scores.shape[:3], 1).to(scores.dtype)
+        logits = torch.cat([scores, sinks], dim=-1)
+        logits = logits - logits.max(dim=-1, keepdim=True).values
+        probs = F.softmax(logits, dim=-1, dtype=logits.dtype)[..., :-1]
+    if variant.dropout > 0:
+        probs = F.dropout(probs, p=variant.dropout)
+    return torch.matmul(probs.to(value.dtype), value)
 
 
 def _no_mask(attention_mask: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor | None:
@@ -107,21 +177,32 @@ def register_varlen_attention() -> str:
     return VARLEN
 
 
-def attention_implementation(flash_attn: str, device_type: str) -> str:
-    """The transformers attn_implementation for a `flash_attn` key value.
+# Model types whose attention has learned sinks (`s_aux`): FlashAttention-2 has none, and
+# transformers' FA2 path drops them without a word, so these never take it.
+SINK_MODEL_TYPES = frozenset({"gpt_oss"})
 
-    auto and sdpa: FlashAttention-2 on CUDA when installed, else VARLEN (SDPA per example).
+
+def attention_implementation(flash_attn: str, device_type: str, model_type: str = "") -> str:
+    """The transformers attn_implementation for a `flash_attn` key value and a model type.
+
+    auto and sdpa: FlashAttention-2 on CUDA when installed and the model needs nothing it
+    lacks, else VARLEN (SDPA per example, with sliding windows, soft-capping and sinks).
     disabled / eager: transformers' eager attention. fa2 / fa3: FlashAttention, which must be
-    installed.
+    installed (and, for fa2, able to compute the model's attention).
     """
     from tuneforge.errors import ConfigError
 
     if flash_attn in ("disabled", "eager"):
-        return "eager"
+        return _chosen("eager", "asked for with `flash_attn`")
     if flash_attn in ("fa2", "fa3"):
         package = "flash_attn" if flash_attn == "fa2" else "flash_attn_interface"
         if device_type != "cuda":
             raise ConfigError(f"`flash_attn: {flash_attn}` needs a CUDA GPU; use `auto` on CPU.")
+        if flash_attn == "fa2" and model_type in SINK_MODEL_TYPES:
+            raise ConfigError(
+                f"`flash_attn: fa2` cannot compute {model_type}'s attention sinks "
+                "(FlashAttention-2 has none); use `flash_attn: auto`."
+            )
         if not _installed(package):
             # FlashAttention-3 has no wheel on PyPI: it is built from the flash-attention repo.
             how = (
@@ -134,10 +215,17 @@ def attention_implementation(flash_attn: str, device_type: str) -> str:
                 f"`flash_attn: {flash_attn}` needs the `{package}` package: "
                 f"{how} (or use `flash_attn: auto`)."
             )
-        return "flash_attention_2" if flash_attn == "fa2" else "flash_attention_3"
-    if device_type == "cuda" and _installed("flash_attn"):
-        return "flash_attention_2"
-    return register_varlen_attention()
+        name = "flash_attention_2" if flash_attn == "fa2" else "flash_attention_3"
+        return _chosen(name, "asked for with `flash_attn`")
+    if device_type == "cuda" and _installed("flash_attn") and model_type not in SINK_MODEL_TYPES:
+        return _chosen("flash_attention_2", "installed, on CUDA")
+    why = "attention sinks" if model_type in SINK_MODEL_TYPES else "no FlashAttention-2 here"
+    return _chosen(register_varlen_attention(), f"{why}; SDPA per sequence")
+
+
+def _chosen(name: str, why: str) -> str:
+    logger.info("Attention: %s (%s).", name, why)
+    return name
 
 
 def _installed(package: str) -> bool:
