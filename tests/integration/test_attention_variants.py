@@ -1,4 +1,6 @@
-"""Attention variants on the padding-free path: sliding windows, soft-capped logits and
+"""The fast training path, family by family, against transformers' eager implementation.
+
+Attention variants on the padding-free path: sliding windows, soft-capped logits and
 attention sinks give what transformers' own eager attention gives on a padded batch of the same
 examples, for the loss and every gradient of a training step, and for a query attending to a
 KV cache (generation).
@@ -17,6 +19,7 @@ import torch
 
 from tuneforge.data.encode import IGNORE_INDEX
 from tuneforge.models.attention import register_varlen_attention
+from tuneforge.models.lean_layers import apply_lean_layers
 from tuneforge.training.collate import PaddingFreeCollator
 from tuneforge.training.loss import language_model_loss
 
@@ -32,7 +35,13 @@ SIZES = {
     "num_key_value_heads": 2,
     "head_dim": 8,
     "max_position_embeddings": 128,
+    # token ids inside the tiny vocabulary (the config classes default to their real ones)
+    "pad_token_id": 0,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
 }
+NO_HEAD_DIM = {k: v for k, v in SIZES.items() if k != "head_dim"}
+EXPERTS = {"num_experts_per_tok": 2, "moe_intermediate_size": 16}
 TWO_LAYER_TYPES = ["sliding_attention", "full_attention"]
 LOSS_RTOL = 1e-5
 
@@ -42,6 +51,38 @@ def family_config(family: str):
 
     if family == "llama":  # the control: no variant at all
         return t.LlamaConfig(**SIZES)
+    # dense and MoE families with no attention variant: the plain fast path must hold for them
+    if family == "qwen2":
+        return t.Qwen2Config(**SIZES)
+    if family == "qwen3":  # qk-norm
+        return t.Qwen3Config(**SIZES)
+    if family == "phi3":  # fused qkv and gate_up projections
+        return t.Phi3Config(**NO_HEAD_DIM)
+    if family == "olmo2":  # norms after attention and MLP, qk-norm
+        return t.Olmo2Config(**NO_HEAD_DIM)
+    if family == "glm4":  # partial rotary, extra norms
+        return t.Glm4Config(**SIZES)
+    if family == "qwen2_moe":
+        return t.Qwen2MoeConfig(
+            **SIZES, **EXPERTS, num_experts=4, shared_expert_intermediate_size=16
+        )
+    if family == "mixtral":
+        return t.MixtralConfig(**SIZES, num_local_experts=4, num_experts_per_tok=2)
+    if family == "deepseek_v3":  # multi-head latent attention, grouped routing
+        sizes = {**NO_HEAD_DIM, "num_key_value_heads": 4}  # MLA: one key per head
+        return t.DeepseekV3Config(
+            **sizes,
+            **EXPERTS,
+            n_routed_experts=4,
+            n_group=1,
+            topk_group=1,
+            first_k_dense_replace=1,
+            q_lora_rank=16,
+            kv_lora_rank=16,
+            qk_rope_head_dim=4,
+            qk_nope_head_dim=4,
+            v_head_dim=8,
+        )
     if family == "mistral":
         return t.MistralConfig(**SIZES, sliding_window=WINDOW)
     if family == "qwen2_sliding":
@@ -73,11 +114,26 @@ def family_config(family: str):
     raise ValueError(family)
 
 
-FAMILIES = ["llama", "mistral", "qwen2_sliding", "gemma2", "gemma3_text", "cohere2", "gpt_oss"]
+# the variants, then the families with none (LLaMA-Factory trains all of them)
+VARIANT_FAMILIES = ["mistral", "qwen2_sliding", "gemma2", "gemma3_text", "cohere2", "gpt_oss"]
+PLAIN_FAMILIES = [
+    "llama",
+    "qwen2",
+    "qwen3",
+    "phi3",
+    "olmo2",
+    "glm4",
+    "qwen2_moe",
+    "mixtral",
+    "deepseek_v3",
+]
+FAMILIES = PLAIN_FAMILIES + VARIANT_FAMILIES
 
 
 def build_pair(family: str):
-    """The same random weights under eager attention and under tuneforge's varlen attention."""
+    """The same random weights under eager attention and under tuneforge's training path:
+    varlen attention and the lean SwiGLU/RMSNorm layers (the fused loss comes with
+    language_model_loss)."""
     from transformers import AutoModelForCausalLM
 
     config = family_config(family)
@@ -92,6 +148,7 @@ def build_pair(family: str):
         config, attn_implementation=register_varlen_attention()
     )
     varlen.load_state_dict(eager.state_dict())
+    apply_lean_layers(varlen)
     return eager.float().train(), varlen.float().train()
 
 
@@ -126,9 +183,25 @@ def gradients(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+def with_lora(eager, varlen):
+    """The same LoRA adapters (random, B non-zero so that every adapter weight gets a
+    gradient) on both models' linear layers."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False)
+    torch.manual_seed(2)
+    eager = get_peft_model(eager, config)
+    varlen = get_peft_model(varlen, config)
+    varlen.load_state_dict(eager.state_dict())
+    return eager, varlen
+
+
+@pytest.mark.parametrize("method", ["full", "lora"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_a_training_step_equals_eager_attention_on_a_padded_batch(family):
+def test_a_training_step_equals_eager_attention_on_a_padded_batch(family, method):
     eager, varlen = build_pair(family)
+    if method == "lora":
+        eager, varlen = with_lora(eager, varlen)
     features = examples()
     for model in (eager, varlen):  # no dropout: the two must see the same arithmetic
         for module in model.modules():
