@@ -3,6 +3,7 @@ LLaMA-Factory's demo catalogue unedited."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -59,6 +60,45 @@ def test_preview_of_each_stage(base, tmp_path, keys, marker):
     result = preview({**base, **keys}, tmp_path)
     assert result.returncode == 0, result.stderr
     assert marker in result.stdout
+
+
+def preview_counts(out: str) -> tuple[int, int]:
+    """(tokens, trained tokens) of the train split, as the preview prints them."""
+    match = re.search(r"train \(supervised\): .*\n  tokens: ([\d,]+), trained: ([\d,]+)", out)
+    assert match, out
+    return int(match[1].replace(",", "")), int(match[2].replace(",", ""))
+
+
+@pytest.mark.parametrize(("template", "stop_word"), [("phi", "<|end|>"), ("glm4", "<|user|>")])
+def test_preview_encodes_as_training_does(base, tmp_path, template, stop_word):
+    """Training fits the tokenizer to the template (its stop words become tokens, phi's EOS is
+    replaced); the preview must count with that tokenizer too, not the one on disk."""
+    from tuneforge.config.loader import build_config
+    from tuneforge.data.pipeline import prepare_data
+    from tuneforge.data.preview import statistics
+    from tuneforge.models.tiny import build_tiny_tokenizer
+    from tuneforge.models.tokenizer import load_tokenizer_and_template
+
+    bare = build_tiny_tokenizer("qwen2", 4096, extra_special_tokens=[])
+    assert stop_word not in bare.get_vocab()  # else both paths would agree anyway
+    bare.save_pretrained(tmp_path / "tokenizer")
+    keys = {
+        **base,
+        "model_name_or_path": str(tmp_path / "tokenizer"),
+        "template": template,
+        "dataset": "identity,tool_demo",
+        "max_samples": 5,
+    }
+    result = preview(keys, tmp_path, "-n", "1")
+    assert result.returncode == 0, result.stderr
+
+    # training's data path, with a cache of its own so that it encodes afresh
+    config = build_config({**keys, "data_cache_dir": str(tmp_path / "training-cache")})
+    tokenizer, bound = load_tokenizer_and_template(config)
+    prepared = prepare_data(config, tokenizer, bound)
+    assert "from_cache" not in prepared.report
+    stats = statistics(prepared.train, prepared.kind)
+    assert preview_counts(result.stdout) == (stats["tokens"], stats["trained_tokens"])
 
 
 def test_bad_row_is_reported_without_traceback(base, tmp_path):

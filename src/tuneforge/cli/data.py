@@ -27,16 +27,16 @@ def run(args: argparse.Namespace) -> int:
     from tuneforge.data.pipeline import prepare_data
     from tuneforge.data.preview import format_datasets, format_statistics, render_row, statistics
     from tuneforge.errors import DataError
-    from tuneforge.models.tokenizer import load_tokenizer
-    from tuneforge.templates import template_for
+    from tuneforge.models.tokenizer import load_tokenizer_and_template
     from tuneforge.utils.logs import setup_logging
 
     setup_logging()
     config = load_config(args.config, args.overrides)
     if not config.data.dataset and not config.data.eval_dataset:
         raise DataError("the config names no `dataset` to preview.")
-    tokenizer = load_tokenizer(config.model)
-    template = template_for(config.data, tokenizer)
+    # Training's own path: the tokenizer fitted to the template (stop words made tokens, the
+    # EOS maybe replaced) encodes, and caches, exactly what training will see.
+    tokenizer, template = load_tokenizer_and_template(config)
     prepared = prepare_data(config, tokenizer, template)
     print(format_datasets(prepared.report))
     if "from_cache" in prepared.report:

@@ -10,6 +10,12 @@ is cut in its middle, keeping its beginning (template prefix, system prompt, sta
 question) and its end (the assistant header the model answers after); a response keeps its
 beginning. An example whose prompt cannot fit with at least one response token is dropped
 and counted.
+
+Templates with `efficient_eos` (glm4, falcon...) write no end marker after a response; the eos
+ends only the last one. As in LLaMA-Factory, every other response is closed by training the eos
+at the first token of the next prompt: that token's label is the eos, not the token itself, so
+the model learns to stop after each reply (a tool call, say) without an eos in the input. Here
+that token counts as the end of the response it closes: it is kept, cut or trained with it.
 """
 
 from __future__ import annotations
@@ -112,10 +118,12 @@ def _encode_supervised(examples, template, tokenize, options):
     report = EncodeReport()
     pieces = [_render_pieces(example, template, options) for example in examples]
     columns: dict[str, list[Any]] = {"input_ids": [], "labels": []}
+    eos_id = _efficient_eos_id(template, tokenize)
     for example, texts, ids in zip(examples, pieces, _tokenize_nested(pieces, tokenize)):
         turns = list(zip(ids[0::2], ids[1::2]))
         if options.mask_history and len(turns) > 1 and _length(turns) > options.cutoff_len:
             example, texts, turns = _drop_leading_turns(example, template, tokenize, options)
+        turns, targets = _close_responses(turns, eos_id)
         fits = _length(turns) <= options.cutoff_len  # the common case: no tail needed
         tail = 0 if fits else _prompt_tail(texts[0], example.messages[0].content, tokenize)
         fitted = fit_turns(turns, options.cutoff_len, tail)
@@ -128,11 +136,46 @@ def _encode_supervised(examples, template, tokenize, options):
             trained = not options.mask_history or index == len(fitted) - 1
             input_ids += prompt + response
             labels += prompt if options.train_on_prompt else [IGNORE_INDEX] * len(prompt)
-            labels += response if trained else [IGNORE_INDEX] * len(response)
+            # a fitted response is a prefix of its turn's, so its targets are too
+            labels += targets[index][: len(response)] if trained else [IGNORE_INDEX] * len(response)
         columns["input_ids"].append(input_ids)
         columns["labels"].append(labels)
         report.encoded += 1
     return columns, report
+
+
+def _efficient_eos_id(template: Any, tokenize: Tokenize) -> int | None:
+    """The eos that closes every response of an `efficient_eos` template, else None."""
+    # getattr: AutoTemplate (the tokenizer's own chat_template) has no such flag
+    if not getattr(template, "efficient_eos", False):
+        return None
+    return tokenize.tokenizer.eos_token_id  # as in LLaMA-Factory
+
+
+def _close_responses(
+    turns: list[tuple[list[int], list[int]]], eos_id: int | None
+) -> tuple[list[tuple[list[int], list[int]]], list[list[int]]]:
+    """The turns and, per response, the labels it trains (its own ids by default).
+
+    With `eos_id`, each response but the last takes the first token of the next prompt,
+    labelled `eos_id`: the input ids stay as they are, and the end of each response is trained,
+    kept and truncated with that response (see the module docstring).
+    """
+    targets = [list(response) for _, response in turns]
+    if eos_id is None:
+        return turns, targets
+    closed: list[tuple[list[int], list[int]]] = []
+    moved = False  # whether the previous response took this prompt's first token
+    for index, (prompt, response) in enumerate(turns):
+        if moved:
+            prompt = prompt[1:]
+        following = turns[index + 1][0] if index + 1 < len(turns) else []
+        moved = bool(following)
+        if moved:
+            response = [*response, following[0]]
+            targets[index].append(eos_id)
+        closed.append((prompt, response))
+    return closed, targets
 
 
 def _length(turns: Sequence[tuple[list[int], list[int]]]) -> int:

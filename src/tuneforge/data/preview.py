@@ -22,11 +22,28 @@ def marked_text(ids: list[int], trained: list[bool], tokenizer: Any) -> str:
     return "".join(pieces)
 
 
+def shown_tokens(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[bool]]:
+    """The tokens of a supervised row to show, and whether each is trained.
+
+    A position trained on another token than its input (the eos that an `efficient_eos`
+    template trains in place of the next prompt's first token) shows the trained token, then
+    the input token untrained: the response reads as what the model learns to write.
+    """
+    ids: list[int] = []
+    trained: list[bool] = []
+    for token, label in zip(input_ids, labels):
+        if label not in (IGNORE_INDEX, token):
+            ids.append(label)
+            trained.append(True)
+        ids.append(token)
+        trained.append(label == token)
+    return ids, trained
+
+
 def render_row(row: dict[str, Any], kind: Kind, tokenizer: Any) -> str:
     """One encoded example, as a user should read it."""
     if kind == "supervised":
-        labels = row["labels"]
-        return marked_text(row["input_ids"], [label != IGNORE_INDEX for label in labels], tokenizer)
+        return marked_text(*shown_tokens(row["input_ids"], row["labels"]), tokenizer)
     if kind == "pretrain":
         return marked_text(row["input_ids"], [True] * len(row["input_ids"]), tokenizer)
     if kind == "unsupervised":

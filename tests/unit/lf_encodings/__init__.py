@@ -1,0 +1,1 @@
+"""LLaMA-Factory encodings for the encoding tests, and the script that writes them."""
