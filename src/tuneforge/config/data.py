@@ -37,6 +37,9 @@ class DataConfig:
     tool_format: str | None = key(None, "tool-call format, overriding the template's")
     default_system: str | None = key(None, "system prompt, overriding the template's default")
     enable_thinking: bool | None = key(True, "reasoning models: think before answering")
+    preserve_thinking: bool = key(
+        False, "reasoning models: keep the thoughts of history turns instead of stripping them"
+    )
     tokenized_path: str | None = key(None, "save the encoded dataset here, or load it if present")
     data_shared_file_system: bool = key(False, "nodes share one file system (encode once)")
     # tuneforge's own keys

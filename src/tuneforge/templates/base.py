@@ -20,25 +20,33 @@ System prompt: `system or default_system`. Tools are rendered by the tool format
 the system text (LLaMA-Factory's placement); when there is no system text the tool text's leading
 newlines are dropped, as the official Qwen templates do.
 
-Thinking (templates with `reasoning=True`: qwen3, deepseekr1). Let `thinking` be the call's
-`enable_thinking`, or the template's default when that is None. The thought is a block
-`<think>...</think>` written inline at the start of the assistant content. Then:
+The tool text is the tool format's prompt, or with `tools_slot` the tool list itself (its JSON
+as given) put in that slot (phi4_mini). A function message whose content wraps its JSON in
+`tool_call_words` keeps the text around it: that text, then the formatted calls.
+
+Thinking (templates with `reasoning=True`: qwen3, deepseekr1, glm4_moe, gpt_oss...). Let
+`thinking` be the call's `enable_thinking`, or the template's default when that is None. The
+thought is a block `thought_words[0]...thought_words[1]` (`<think>...</think>` unless the template
+says otherwise) written inline at the start of the assistant content. Then:
 
 1. History responses (every response but the last of `render`, every response of
-   `render_prompt`) lose their thought, as at inference. With `thinking` False the last response
-   loses it too. Removal deletes every `<think>...</think>` and then leading newlines.
+   `render_prompt`) lose their thought, as at inference, unless `preserve_thinking` is set. With
+   `thinking` False every response loses it, the last one too. Removal deletes every
+   `<think>...</think>` and then leading newlines.
 2. A response that (after step 1) contains neither `<think>` nor `</think>` gets the empty
-   thought block `<think>\\n\\n</think>\\n\\n` right after the assistant header: in the response
-   (trained) when `thinking` is True, at the end of the prompt (untrained) when it is False.
+   thought block (`<think>\\n\\n</think>\\n\\n`, or `empty_thought_text`) right after the
+   assistant header: in the response (trained) when `thinking` is True, at the end of the prompt
+   (untrained) when it is False.
 3. The generation prompt of `render_prompt` ends with the empty thought block when `thinking`
    is False, and with the bare assistant header when it is True.
 
 This follows LLaMA-Factory's ReasoningTemplate with two differences. Its multi-turn SFT path keeps
-the thoughts of history turns when thinking is on (here they are stripped, as its single-turn and
-inference paths and Qwen3's official template do). Its inference path renders history turns with
-no thought block at all, as Qwen3's official template does; here they keep the empty block that
-step 2 gives them in training, so that each turn's prompt is exactly `render_prompt` of the
-conversation so far. Rendering is deterministic: no template inserts the current date.
+the thoughts of history turns when thinking is on, whatever `preserve_thinking` says (here they are
+stripped unless `preserve_thinking` is set, as its single-turn path and Qwen3's official template
+do). Its inference path renders history turns with no thought block at all, as Qwen3's official
+template does; here they keep the empty block that step 2 gives them in training, so that each
+turn's prompt is exactly `render_prompt` of the conversation so far. Rendering is deterministic:
+no template inserts the current date.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ from typing import Any, Protocol
 from tuneforge.data.example import PROMPT_ROLES, RESPONSE_ROLES, Message
 from tuneforge.errors import ConfigError, DataError
 from tuneforge.templates.jinja import build_chat_template
-from tuneforge.templates.tools import ToolFormat, get_tool_format
+from tuneforge.templates.tools import ToolFormat, get_tool_format, load_tools
 
 _PLACEHOLDER_RE = re.compile(r"\{(content|bos_token|eos_token)\}")
 
@@ -171,9 +179,17 @@ class Template:
         efficient_eos: LLaMA-Factory's flag: responses carry no end marker; the last response of
             a conversation ends with `{eos_token}`.
         tool_format_name: Name of the tool format (see `tools.TOOL_FORMATS`).
+        tools_slot: When set, the tool text is this slot filled with the tool list's JSON,
+            instead of the tool format's prompt (phi4_mini: `<|tool|>{content}<|/tool|>`).
+        tool_call_words: Opening and closing of a tool call that a function message's content
+            may wrap its JSON in, with free text around it (LLaMA-Factory's `tool_call_words`).
         reasoning: Thoughts are handled as described in the module docstring.
         thought_words: Opening and closing of a thought block, newlines included.
+        empty_thought_text: The empty thought block when it is not the two thought words
+            joined (glm4_7: only the closing tag).
         enable_thinking: Default for `enable_thinking=None` in reasoning templates.
+        preserve_thinking: Reasoning templates keep the thoughts of history turns (when
+            thinking is on) instead of stripping them (LLaMA-Factory's `preserve_thinking`).
         markers: Marker strings of this family that must be single tokens.
         bos_token: What `{bos_token}` resolves to; None when only a tokenizer can tell.
         eos_token: What `{eos_token}` resolves to; None when only a tokenizer can tell.
@@ -194,15 +210,19 @@ class Template:
     replace_eos: bool = False
     efficient_eos: bool = False
     tool_format_name: str = "default"
+    tools_slot: str | None = None
+    tool_call_words: tuple[str, str] = ("<tool_call>", "</tool_call>")
     reasoning: bool = False
     thought_words: tuple[str, str] = ("<think>\n", "\n</think>\n\n")
+    empty_thought_text: str | None = None
     enable_thinking: bool = True
+    preserve_thinking: bool = False
     markers: tuple[str, ...] = ()
     bos_token: str | None = None
     eos_token: str | None = None
 
     def __post_init__(self) -> None:
-        for slot in ("system", "user", "observation", "assistant", "function"):
+        for slot in ("system", "user", "observation", "assistant", "function", "tools_slot"):
             value = getattr(self, slot)
             if value is not None and value.count("{content}") != 1:
                 raise ValueError(f"template {self.name!r}: slot {slot!r} needs one {{content}}")
@@ -221,10 +241,15 @@ class Template:
 
     @property
     def special_tokens(self) -> tuple[str, ...]:
-        """Markers, stop words, tool-format and thought markers that must be single tokens."""
+        """Markers, stop words, tool-format and thought markers that must be single tokens.
+
+        A thought tag counts as one token unless it is made of markers (gpt_oss's
+        `<|channel|>analysis<|message|>`): then the markers are the tokens.
+        """
         words: list[str] = [*self.markers, *self.stop_words, *self.tool_format.special_tokens]
         if self.reasoning:
-            words += [w.strip() for w in self.thought_words]
+            tags = (w.strip() for w in self.thought_words)
+            words += [tag for tag in tags if not any(m in tag for m in self.markers if m != tag)]
         return tuple(dict.fromkeys(words))
 
     @cached_property
@@ -333,7 +358,7 @@ class Template:
     def _opening(self, system: str | None, tools: str | None) -> tuple[str, str]:
         """Prefix plus system turn, and the text to fuse into the first user turn."""
         system_text = system or self.default_system
-        tool_text = self.tool_format.format_tools(tools) if tools else ""
+        tool_text = self._tool_text(tools) if tools else ""
         if tool_text:
             system_text = system_text + tool_text if system_text else tool_text.lstrip("\n")
         opening = self._fill(self.prefix)
@@ -342,12 +367,19 @@ class Template:
         block = self._fill(self.system, system_text)
         return (opening, block) if self.system_in_user else (opening + block, "")
 
+    def _tool_text(self, tools: str) -> str:
+        """What the tool list adds to the system text."""
+        if self.tools_slot is None:
+            return self.tool_format.format_tools(tools)
+        load_tools(tools)  # a malformed list fails here as it does for every tool format
+        return self._fill(self.tools_slot, tools)
+
     def _response(self, msg: Message, history: bool, thinking: bool) -> tuple[str, str]:
         """The filled response slot and the empty thought block it needs ("" if none)."""
         content = msg.content
         block = ""
         if self.reasoning:
-            if history or not thinking:
+            if not thinking or (history and not self.preserve_thinking):
                 content = self.strip_thought(content)
             if not self.has_thought(content):
                 block = self.empty_thought
@@ -358,7 +390,18 @@ class Template:
         return self._fill(self.assistant, content), block
 
     def _format_function(self, content: str) -> str:
-        """Format tool calls; a leading thought block stays in front of them."""
+        """Format tool calls; a leading thought block stays in front of them.
+
+        When the content wraps the calls' JSON in `tool_call_words`, the text around that
+        block comes first, then the formatted calls (LLaMA-Factory's FunctionFormatter).
+        """
+        opening, closing = self.tool_call_words
+        start = content.find(opening)
+        end = content.find(closing, start + len(opening)) if start >= 0 else -1
+        if end >= 0:
+            wrapped = content[start : end + len(closing)]
+            calls = content[start + len(opening) : end]
+            return content.replace(wrapped, "") + self.tool_format.format_calls(calls)
         match = self._thought_re.search(content)
         if match is None:
             return self.tool_format.format_calls(content)
@@ -373,6 +416,8 @@ class Template:
     @property
     def empty_thought(self) -> str:
         """The empty thought block, e.g. `<think>\\n\\n</think>\\n\\n`."""
+        if self.empty_thought_text is not None:
+            return self.empty_thought_text
         return self.thought_words[0] + self.thought_words[1]
 
     @cached_property

@@ -9,9 +9,10 @@ What the generated template covers, rendering exactly what `Template.render` /
 - `add_generation_prompt` (the assistant header, plus the empty thought block for a reasoning
   template with thinking off);
 - `bos_token` / `eos_token` variables (undefined or None render as "");
-- reasoning templates: `enable_thinking` (undefined or None means the template default), thoughts
-  stripped from history assistant turns (everything up to the last `</think>`), the empty thought
-  block for assistant turns without one.
+- reasoning templates: `enable_thinking` and `preserve_thinking` (undefined or None means the
+  template default), thoughts stripped from history assistant turns (everything up to the last
+  `</think>`) unless preserved, and from every turn when thinking is off, the empty thought block
+  for assistant turns without one.
 
 Not covered: `tools` (the tool prompt) and assistant `tool_calls`; render those through
 `Template.render`. The template is written on one line of `{{ }}` / `{% %}` tags with every literal
@@ -70,10 +71,15 @@ def _head(t: Template) -> str:
         )
     if t.reasoning:
         default = "true" if t.enable_thinking else "false"
+        keep = "true" if t.preserve_thinking else "false"
         out += (
             "{% if enable_thinking is defined and enable_thinking is not none %}"
             "{% set thinking = enable_thinking %}{% else %}{% set thinking = "
             + default
+            + " %}{% endif %}"
+            "{% if preserve_thinking is defined and preserve_thinking is not none %}"
+            "{% set preserve = preserve_thinking %}{% else %}{% set preserve = "
+            + keep
             + " %}{% endif %}"
         )
     out += _emit(t.prefix)
@@ -104,7 +110,9 @@ def _response_turn(t: Template) -> str:
     if t.reasoning:
         open_tag, close_tag = (_literal(w.strip()) for w in t.thought_words)
         out += (
-            "{% if (not loop.last or not thinking) and " + close_tag + " in content %}"
+            "{% if (not thinking or (not loop.last and not preserve)) and "
+            + close_tag
+            + " in content %}"
             "{% set content = content.split("
             + close_tag
             + ")[-1].lstrip("

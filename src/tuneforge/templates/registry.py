@@ -47,6 +47,7 @@ def get_template(
     default_system: str | None = None,
     tool_format: str | None = None,
     enable_thinking: bool | None = None,
+    preserve_thinking: bool | None = None,
 ) -> ChatTemplate:
     """Return a template ready to render, its bos/eos resolved from the tokenizer.
 
@@ -59,6 +60,8 @@ def get_template(
         default_system: Replaces the template's default system prompt (LF's `default_system`).
         tool_format: Replaces the template's tool format (LF's `tool_format`).
         enable_thinking: Replaces the template's thinking default (LF's `enable_thinking`).
+        preserve_thinking: Reasoning templates keep the thoughts of history turns (LF's
+            `preserve_thinking`); None keeps the template's setting.
 
     Returns:
         A `Template` (or an `AutoTemplate` for "auto").
@@ -83,6 +86,8 @@ def get_template(
         changes["tool_format_name"] = tool_format
     if enable_thinking is not None:
         changes["enable_thinking"] = enable_thinking
+    if preserve_thinking is not None:
+        changes["preserve_thinking"] = preserve_thinking
     if changes:
         template = replace(template, **changes)
     if tokenizer is None:
@@ -124,4 +129,5 @@ def template_for(data: Any, tokenizer: Any) -> ChatTemplate:
         default_system=data.default_system,
         tool_format=data.tool_format,
         enable_thinking=data.enable_thinking,
+        preserve_thinking=data.preserve_thinking,
     )

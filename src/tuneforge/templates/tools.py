@@ -10,13 +10,19 @@ A tool format does three things:
 - `parse_calls(text)`: model output becomes a list of `{"name": str, "arguments": dict}`, or
   None when the text holds no call. `parse_calls(format_calls(x))` gives back the calls of `x`.
 
-The prompt texts and call syntaxes are LLaMA-Factory's (`default`, `qwen`, `llama3`, `mistral`,
-`glm4`), with one deliberate change: the `llama3` tool prompt leaves out the "Today Date" line, so
-that a rendering never depends on the day it runs.
+The prompt texts and call syntaxes are LLaMA-Factory's, all thirteen of its formats (`default`,
+`qwen`, `qwen3_5`, `llama3`, `mistral`, `glm4`, `glm4_moe`, `gemma4`, `lfm2`, `ling`, `minimax1`,
+`minimax2`, `seed_oss`), with one deliberate change: the `llama3` tool prompt leaves out the
+"Today Date" line, so that a rendering never depends on the day it runs. Where LLaMA-Factory's
+call text lacks what its own parser or the model's template expects (`glm4_moe` writes no closing
+`</tool_call>`, `minimax2` no `<minimax:tool_call>` wrapper, `seed_oss` no `>` after the function
+name), the text is still LLaMA-Factory's, so that training renders the same tokens, and
+`parse_calls` reads both forms.
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import re
@@ -365,6 +371,490 @@ class Glm4ToolFormat(ToolFormat):
         return [{"name": name, "arguments": arguments}] if isinstance(arguments, dict) else None
 
 
+class LingToolFormat(QwenToolFormat):
+    """Ling 2 / bailing_v2: Qwen's calls; the tool prompt starts at `# Tools` and ends with
+    `detailed thinking off`."""
+
+    def _tools_text(self, tools: list[dict[str, Any]]) -> str:
+        return super()._tools_text(tools).removeprefix("\n\n") + "\ndetailed thinking off"
+
+
+def _xml_value(value: Any) -> str:
+    """An argument as the XML-style formats write it: strings bare, the rest as JSON."""
+    return value if isinstance(value, str) else _dumps(value)
+
+
+def _xml_parse_value(raw: str, strip: bool = True) -> Any:
+    """Read back `_xml_value`: JSON when it decodes, else the text itself."""
+    try:
+        return json.loads(raw.strip())
+    except json.JSONDecodeError:
+        return raw.strip() if strip else raw
+
+
+_GLM4_MOE_CALL_RE = re.compile(
+    r"<tool_call>([\w.\-]+)(.*?)(?:</tool_call>|(?=<tool_call>)|\Z)", re.DOTALL
+)
+_GLM4_MOE_ARG_RE = re.compile(
+    r"\s*<arg_key>(.*?)</arg_key>\s*<arg_value>(.*?)</arg_value>", re.DOTALL
+)
+
+
+class Glm4MoeToolFormat(ToolFormat):
+    """GLM-4.5 / 4.6 / 4.7: `<tool_call>name` then `<arg_key>` / `<arg_value>` pairs.
+
+    As LLaMA-Factory writes it, a call has no closing `</tool_call>` (GLM's own template closes
+    it); `parse_calls` reads either.
+    """
+
+    def _tools_text(self, tools: list[dict[str, Any]]) -> str:
+        tool_text = "".join("\n" + _dumps(_wrapped(tool)) for tool in tools)
+        return (
+            "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+            "You are provided with function signatures within <tools></tools> XML tags:\n<tools>"
+            + tool_text
+            + "\n</tools>\n\nFor each function call, output the function name and arguments "
+            "within the following XML format:\n<tool_call>{function-name}\n"
+            "<arg_key>{arg-key-1}</arg_key>\n<arg_value>{arg-value-1}</arg_value>\n"
+            "<arg_key>{arg-key-2}</arg_key>\n<arg_value>{arg-value-2}</arg_value>\n...\n"
+            "</tool_call>\n"
+        )
+
+    def _calls_text(self, calls: list[ToolCall]) -> str:
+        texts = []
+        for call in calls:
+            text = "\n<tool_call>" + call["name"]
+            for key, value in call["arguments"].items():
+                text += f"\n<arg_key>{key}</arg_key>\n<arg_value>{_xml_value(value)}</arg_value>"
+            texts.append(text)
+        return "\n".join(texts)
+
+    def parse_calls(self, text: str) -> list[ToolCall] | None:
+        calls = []
+        for name, body in _GLM4_MOE_CALL_RE.findall(text):
+            pairs = _GLM4_MOE_ARG_RE.findall(body)
+            arguments = {key.strip(): _xml_parse_value(value) for key, value in pairs}
+            if _GLM4_MOE_ARG_RE.sub("", body).strip():
+                return None  # something else than argument pairs: not this format
+            calls.append({"name": name, "arguments": arguments})
+        return calls or None
+
+
+_MINIMAX1_BLOCK_RE = re.compile(r"<tool_calls>\s*(.+?)\s*</tool_calls>", re.DOTALL)
+
+
+class MiniMax1ToolFormat(ToolFormat):
+    """MiniMax-M1: tools as JSON lines in `<tools>`, calls as JSON lines in `<tool_calls>`."""
+
+    def _tools_text(self, tools: list[dict[str, Any]]) -> str:
+        tool_text = "".join(_dumps(_bare(tool)) + "\n" for tool in tools)
+        return (
+            "You are provided with these tools:\n<tools>\n"
+            + tool_text
+            + "</tools>\n\nIf you need to call tools, please respond with "
+            "<tool_calls></tool_calls> XML tags, and provide tool-name and json-object of "
+            "arguments, following the format "
+            'below:\n<tool_calls>\n{"name": <tool-name-1>, "arguments": <args-json-object-1>}\n'
+            "...\n</tool_calls>"
+        )
+
+    def _calls_text(self, calls: list[ToolCall]) -> str:
+        lines = [_dumps({"name": c["name"], "arguments": c["arguments"]}) for c in calls]
+        return "<tool_calls>\n" + "\n".join(lines) + "\n</tool_calls>"
+
+    def parse_calls(self, text: str) -> list[ToolCall] | None:
+        match = _MINIMAX1_BLOCK_RE.search(text)
+        if match is None:
+            return None
+        calls = []
+        for line in filter(None, (line.strip() for line in match.group(1).split("\n"))):
+            found = _call_from_json(line, "arguments")
+            if found is None or len(found) != 1:
+                return None
+            calls += found
+        return calls or None
+
+
+_MINIMAX2_INVOKE_RE = re.compile(r'<invoke name="(.*?)">(.*?)</invoke>', re.DOTALL)
+_MINIMAX2_PARAM_RE = re.compile(r'<parameter name="(.*?)">(.*?)</parameter>', re.DOTALL)
+
+
+class MiniMax2ToolFormat(ToolFormat):
+    """MiniMax-M2: tools in `<tool>` tags, calls as `<invoke name=...>` with `<parameter>`s.
+
+    LLaMA-Factory writes the `<invoke>` blocks without the `<minimax:tool_call>` wrapper that its
+    tool prompt shows; `parse_calls` reads them with or without it.
+    """
+
+    def _tools_text(self, tools: list[dict[str, Any]]) -> str:
+        tool_text = "".join("<tool>" + _dumps(_bare(tool)) + "</tool>\n" for tool in tools)
+        return (
+            "\n\n# Tools\n\nYou may call one or more tools to assist with the user query.\n"
+            "Here are the tools available in JSONSchema format:\n\n<tools>\n"
+            + tool_text
+            + "</tools>\n\nWhen making tool calls, use XML format to invoke tools and pass "
+            'parameters:\n\n<minimax:tool_call>\n<invoke name="tool-name-1">\n'
+            '<parameter name="param-key-1">param-value-1</parameter>\n'
+            '<parameter name="param-key-2">param-value-2</parameter>\n...\n</invoke>\n'
+            "</minimax:tool_call>"
+        )
+
+    def _calls_text(self, calls: list[ToolCall]) -> str:
+        texts = []
+        for call in calls:
+            text = f'<invoke name="{call["name"]}">'
+            for key, value in call["arguments"].items():
+                text += f'\n<parameter name="{key}">{_xml_value(value)}</parameter>'
+            texts.append(text + "\n</invoke>")
+        return "\n".join(texts)
+
+    def parse_calls(self, text: str) -> list[ToolCall] | None:
+        calls = []
+        for name, body in _MINIMAX2_INVOKE_RE.findall(text):
+            arguments = {
+                key: _xml_parse_value(value, strip=False)
+                for key, value in _MINIMAX2_PARAM_RE.findall(body)
+            }
+            calls.append({"name": name.strip(), "arguments": arguments})
+        return calls or None
+
+
+_QWEN35_CALL_RE = re.compile(
+    r"<tool_call>\s*<function=([^\s<>]+)>(.*?)</function>\s*</tool_call>", re.DOTALL
+)
+_FUNCTION_PARAM_RE = re.compile(r"<parameter=([^\s<>]+)>(.*?)</parameter>", re.DOTALL)
+
+
+class Qwen35ToolFormat(ToolFormat):
+    """Qwen 3.5: tools as JSON lines in `<tools>`; a call is `<function=name>` with one
+    `<parameter=key>` block per argument, inside `<tool_call>`."""
+
+    def _tools_text(self, tools: list[dict[str, Any]]) -> str:
+        tool_text = "".join("\n" + _dumps(_bare(tool)) for tool in tools)
+        return (
+            "\n\n# Tools\n\nYou have access to the following functions:\n\n<tools>"
+            + tool_text
+            + "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format "
+            "with NO suffix:\n\n<tool_call>\n<function=example_function_name>\n"
+            "<parameter=example_parameter_1>\nvalue_1\n</parameter>\n"
+            "<parameter=example_parameter_2>\nThis is the value for the second parameter\n"
+            "that can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n"
+            "<IMPORTANT>\nReminder:\n- Function calls MUST follow the specified format: an inner "
+            "<function=...></function> block must be nested within <tool_call></tool_call> XML "
+            "tags\n- Required parameters MUST be specified\n- You may provide optional reasoning "
+            "for your function call in natural language BEFORE the function call, but NOT after\n"
+            "- If there is no function call available, answer the question like normal with your "
+            "current knowledge and do not tell the user about function calls\n</IMPORTANT>"
+        )
+
+    def _calls_text(self, calls: list[ToolCall]) -> str:
+        texts = []
+        for call in calls:
+            text = f"<tool_call>\n<function={call['name']}>"
+            for key, value in call["arguments"].items():
+                text += f"\n<parameter={key}>\n{_xml_value(value)}\n</parameter>"
+            texts.append(text + "\n</function>\n</tool_call>")
+        return "\n".join(texts)
+
+    def parse_calls(self, text: str) -> list[ToolCall] | None:
+        calls = []
+        for name, body in _QWEN35_CALL_RE.findall(text):
+            arguments = {
+                key: _xml_parse_value(value) for key, value in _FUNCTION_PARAM_RE.findall(body)
+            }
+            calls.append({"name": name, "arguments": arguments})
+        return calls or None
+
+
+# The name ends at whitespace or `>`: LLaMA-Factory writes `<function=name` with no `>`.
+_SEED_CALL_RE = re.compile(
+    r"<seed:tool_call>\s*<function=([^\s<>]+)>?(.*?)</function>\s*</seed:tool_call>", re.DOTALL
+)
+
+
+class SeedOssToolFormat(ToolFormat):
+    """Seed-OSS: the tool list as one JSON array (as given, bare or wrapped); a call is
+    `<function=name` with `<parameter=key>value</parameter>` lines inside `<seed:tool_call>`.
+
+    The texts are LLaMA-Factory's, with its quirks: the tool prompt starts with `system\\n`
+    (inside the system turn it is appended to), and a call's `<function=name` has no `>`.
+    """
+
+    def _tools_text(self, tools: list[dict[str, Any]]) -> str:
+        return (
+            "system\nYou are Doubao, a helpful AI assistant. You may call one or more functions to "
+            "assist with the user query.Tool List:\nYou are authorized to use the following tools "
+            "(described in JSON Schema format). Before performing any task, you must decide how "
+            "to call them based on the descriptions and parameters of these tools.\n"
+            + _dumps(tools)
+            + "\n工具调用请遵循如下格式:\n<seed:tool_call>\n<function=example_function_name>\n"
+            "<parameter=example_parameter_1>value_1</parameter>\n"
+            "<parameter=example_parameter_2>This is the value for the second parameter\n"
+            "that can span\nmultiple lines</parameter>\n</function>\n</seed:tool_call>\n"
+        )
+
+    def _calls_text(self, calls: list[ToolCall]) -> str:
+        texts = []
+        for call in calls:
+            text = "\n<seed:tool_call>\n<function=" + call["name"]
+            for key, value in call["arguments"].items():
+                text += f"\n<parameter={key}>{_xml_value(value)}</parameter>"
+            texts.append(text + "\n</function>\n</seed:tool_call>")
+        return "\n".join(texts)
+
+    def parse_calls(self, text: str) -> list[ToolCall] | None:
+        calls = []
+        for name, body in _SEED_CALL_RE.findall(text):
+            arguments = {
+                key: _xml_parse_value(value, strip=False)
+                for key, value in _FUNCTION_PARAM_RE.findall(body)
+            }
+            calls.append({"name": name, "arguments": arguments})
+        return calls or None
+
+
+_LFM2_NAMES = {"true": True, "false": False, "null": None}
+
+
+def _python_literal(node: ast.AST) -> Any:
+    """A literal of a pythonic call, where JSON's true/false/null may stand for Python's."""
+    if isinstance(node, ast.Name) and node.id in _LFM2_NAMES:
+        return _LFM2_NAMES[node.id]
+    if isinstance(node, ast.List):
+        return [_python_literal(item) for item in node.elts]
+    if isinstance(node, ast.Dict):
+        if any(key is None for key in node.keys):
+            raise ValueError("dict unpacking is not a literal")
+        return {
+            _python_literal(key): _python_literal(value)  # type: ignore[arg-type]
+            for key, value in zip(node.keys, node.values)
+        }
+    return ast.literal_eval(node)
+
+
+class Lfm2ToolFormat(ToolFormat):
+    """LFM2 / 2.5: the tool list as JSON between `<|tool_list_start|>` markers; calls written as
+    Python, `[name(key="value", n=1)]`, between `<|tool_call_start|>` markers."""
+
+    def _tools_text(self, tools: list[dict[str, Any]]) -> str:
+        return (
+            "List of tools: <|tool_list_start|>"
+            + _dumps([_bare(tool) for tool in tools])
+            + "<|tool_list_end|>"
+        )
+
+    def _calls_text(self, calls: list[ToolCall]) -> str:
+        texts = []
+        for call in calls:
+            kwargs = [
+                f'{key}="{value}"' if isinstance(value, str) else f"{key}={_dumps(value)}"
+                for key, value in call["arguments"].items()
+            ]
+            texts.append(f"{call['name']}({', '.join(kwargs)})")
+        return "<|tool_call_start|>[" + ", ".join(texts) + "]<|tool_call_end|>"
+
+    def parse_calls(self, text: str) -> list[ToolCall] | None:
+        start = text.find("<|tool_call_start|>")
+        end = text.find("<|tool_call_end|>", start)
+        if start < 0 or end < 0:
+            return None
+        try:
+            tree = ast.parse(text[start + len("<|tool_call_start|>") : end].strip(), mode="eval")
+        except SyntaxError:
+            return None
+        nodes = tree.body.elts if isinstance(tree.body, ast.List) else [tree.body]
+        calls = []
+        for node in nodes:
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.args:
+                return None
+            try:
+                arguments = {kw.arg: _python_literal(kw.value) for kw in node.keywords}
+            except (ValueError, TypeError, SyntaxError):
+                return None
+            if None in arguments:  # **kwargs
+                return None
+            calls.append({"name": node.func.id, "arguments": arguments})
+        return calls or None
+
+
+_GEMMA4_QUOTE = '<|"|>'
+_GEMMA4_CALL_RE = re.compile(r"<\|tool_call>call:([^{\s]+)\{(.*?)\}<tool_call\|>", re.DOTALL)
+
+
+def _gemma4_quoted(text: str) -> str:
+    return f"{_GEMMA4_QUOTE}{text}{_GEMMA4_QUOTE}"
+
+
+def _gemma4_value(value: Any) -> str:
+    """An argument in Gemma 4's notation: quoted strings, bare keys (sorted), JSON-like rest."""
+    if isinstance(value, str):
+        return _gemma4_quoted(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{_gemma4_value(value[k])}" for k in sorted(value)) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ",".join(_gemma4_value(item) for item in value) + "]"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+class _Gemma4Reader:
+    """Reads Gemma 4's argument notation back (the inverse of `_gemma4_value`)."""
+
+    _ATOM_RE = re.compile(r"[^,:{}\[\]\s]+")
+
+    def __init__(self, text: str):
+        self.text, self.pos = text, 0
+
+    def _skip(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def _expect(self, char: str) -> None:
+        self._skip()
+        if not self.text.startswith(char, self.pos):
+            raise ValueError(f"expected {char!r} at {self.pos}")
+        self.pos += len(char)
+
+    def _string(self) -> str:
+        self._expect(_GEMMA4_QUOTE)
+        end = self.text.find(_GEMMA4_QUOTE, self.pos)
+        if end < 0:
+            raise ValueError("unterminated string")
+        value, self.pos = self.text[self.pos : end], end + len(_GEMMA4_QUOTE)
+        return value
+
+    def _key(self) -> str:
+        self._skip()
+        if self.text.startswith(_GEMMA4_QUOTE, self.pos):
+            return self._string()
+        match = self._ATOM_RE.match(self.text, self.pos)
+        if match is None:
+            raise ValueError(f"expected a key at {self.pos}")
+        self.pos = match.end()
+        return match.group(0)
+
+    def members(self, closing: str) -> dict[str, Any]:
+        """`key:value` pairs up to (not including) `closing` or the end of the text."""
+        out: dict[str, Any] = {}
+        self._skip()
+        while self.pos < len(self.text) and not self.text.startswith(closing, self.pos):
+            key = self._key()
+            self._expect(":")
+            out[key] = self.value()
+            self._skip()
+            if self.text.startswith(",", self.pos):
+                self.pos += 1
+                self._skip()
+        return out
+
+    def value(self) -> Any:
+        self._skip()
+        if self.text.startswith(_GEMMA4_QUOTE, self.pos):
+            return self._string()
+        if self.text.startswith("{", self.pos):
+            self.pos += 1
+            obj = self.members("}")
+            self._expect("}")
+            return obj
+        if self.text.startswith("[", self.pos):
+            self.pos += 1
+            items: list[Any] = []
+            self._skip()
+            while not self.text.startswith("]", self.pos):
+                items.append(self.value())
+                self._skip()
+                if self.text.startswith(",", self.pos):
+                    self.pos += 1
+                    self._skip()
+                elif not self.text.startswith("]", self.pos):
+                    raise ValueError(f"expected ',' or ']' at {self.pos}")
+            self.pos += 1
+            return items
+        match = self._ATOM_RE.match(self.text, self.pos)
+        if match is None:
+            raise ValueError(f"expected a value at {self.pos}")
+        self.pos = match.end()
+        return json.loads(match.group(0))  # true, false, null, numbers
+
+
+class Gemma4ToolFormat(ToolFormat):
+    """Gemma 4: `declaration:name{...}` lines, calls `<|tool_call>call:name{k:v}<tool_call|>` with
+    strings quoted by `<|"|>` and keys sorted."""
+
+    def _tools_text(self, tools: list[dict[str, Any]]) -> str:
+        return "\n".join(self._declaration(_bare(tool)) for tool in tools)
+
+    @staticmethod
+    def _declaration(tool: dict[str, Any]) -> str:
+        description = _gemma4_quoted(tool.get("description", ""))
+        text = f"declaration:{tool['name']}{{description:{description}"
+        params = tool.get("parameters")
+        if params:
+            parts = []
+            if params.get("properties"):
+                props = []
+                for name, schema in params["properties"].items():
+                    items = []
+                    if schema.get("description"):
+                        items.append(f"description:{_gemma4_quoted(schema['description'])}")
+                    if schema.get("type"):
+                        items.append(f"type:{_gemma4_quoted(str(schema['type']).upper())}")
+                    props.append(f"{name}:{{{','.join(items)}}}")
+                parts.append(f"properties:{{{','.join(props)}}}")
+            if params.get("required"):
+                required = ",".join(_gemma4_quoted(str(r)) for r in params["required"])
+                parts.append(f"required:[{required}]")
+            if params.get("type"):
+                parts.append(f"type:{_gemma4_quoted(str(params['type']).upper())}")
+            text += f",parameters:{{{','.join(parts)}}}"
+        response = tool.get("response")
+        if response:
+            parts = []
+            if response.get("description"):
+                parts.append(f"description:{_gemma4_quoted(response['description'])}")
+            kind = str(response.get("type", "")).upper()
+            if kind == "OBJECT":
+                parts.append(f"type:{_gemma4_quoted(kind)}")
+            text += f",response:{{{','.join(parts)}}}"
+        return text + "}"
+
+    def _calls_text(self, calls: list[ToolCall]) -> str:
+        return "".join(
+            f"<|tool_call>call:{c['name']}{_gemma4_value(c['arguments'])}<tool_call|>"
+            for c in calls
+        )
+
+    def parse_calls(self, text: str) -> list[ToolCall] | None:
+        calls = []
+        for name, body in _GEMMA4_CALL_RE.findall(text):
+            reader = _Gemma4Reader(body)
+            try:
+                arguments = reader.members("\0")
+            except (ValueError, json.JSONDecodeError):
+                return None
+            calls.append({"name": name.strip(), "arguments": arguments})
+        return calls or None
+
+
+_GLM4_MOE_TOKENS = (
+    "<tool_call>",
+    "</tool_call>",
+    "<arg_key>",
+    "</arg_key>",
+    "<arg_value>",
+    "</arg_value>",
+)
+_LFM2_TOKENS = (
+    "<|tool_list_start|>",
+    "<|tool_list_end|>",
+    "<|tool_call_start|>",
+    "<|tool_call_end|>",
+)
+
+
 def _build(formats: list[ToolFormat]) -> dict[str, ToolFormat]:
     registry: dict[str, ToolFormat] = {}
     for fmt in formats:
@@ -381,6 +871,14 @@ TOOL_FORMATS: dict[str, ToolFormat] = _build(
         Llama3ToolFormat("llama3"),
         MistralToolFormat("mistral", ("[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]")),
         Glm4ToolFormat("glm4"),
+        Glm4MoeToolFormat("glm4_moe", _GLM4_MOE_TOKENS),
+        Gemma4ToolFormat("gemma4", ("<|tool_call>", "<tool_call|>", _GEMMA4_QUOTE)),
+        Lfm2ToolFormat("lfm2", _LFM2_TOKENS),
+        LingToolFormat("ling", ("<tool_call>", "</tool_call>")),
+        MiniMax1ToolFormat("minimax1"),
+        MiniMax2ToolFormat("minimax2"),
+        Qwen35ToolFormat("qwen3_5", ("<tool_call>", "</tool_call>")),
+        SeedOssToolFormat("seed_oss"),
     ]
 )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -74,28 +75,50 @@ def test_jinja_generation_prompt(name: str, conv: str) -> None:
     )
 
 
-THOUGHTFUL = [
-    M("user", "2+2?"),
-    M("assistant", "<think>\nadd them\n</think>\n\n4"),
-    M("user", "3+3?"),
-    M("assistant", "<think>\nagain\n</think>\n\n6"),
-]
+def thoughtful(template: Template) -> list[Message]:
+    """Two turns with thoughts in the template's own thought words, a third without."""
+    open_tag, close_tag = template.thought_words
+    return [
+        M("user", "2+2?"),
+        M("assistant", f"{open_tag}add them{close_tag}4"),
+        M("user", "3+3?"),
+        M("assistant", "6"),
+        M("user", "4+4?"),
+        M("assistant", f"{open_tag}again{close_tag}8"),
+    ]
 
 
+REASONING = sorted(name for name, t in TEMPLATES.items() if t.reasoning)
+
+
+@pytest.mark.parametrize("preserve", [False, True, None])
 @pytest.mark.parametrize("thinking", [True, False, None])
-@pytest.mark.parametrize("name", ["qwen3", "deepseekr1"])
-def test_jinja_thinking(name: str, thinking: bool | None) -> None:
+@pytest.mark.parametrize("name", REASONING)
+def test_jinja_thinking(name: str, thinking: bool | None, preserve: bool | None) -> None:
     template = golden_template(name)
+    messages = thoughtful(template)
     kwargs = {} if thinking is None else {"enable_thinking": thinking}
+    if preserve is not None:
+        kwargs["preserve_thinking"] = preserve
+        template = replace(template, preserve_thinking=preserve)
     expected = "".join(
-        t.prompt + t.response for t in template.render(THOUGHTFUL, enable_thinking=thinking)
+        t.prompt + t.response for t in template.render(messages, enable_thinking=thinking)
     )
-    assert _jinja(template, _hf_messages(None, THOUGHTFUL), **kwargs) == expected
-    prompt = template.render_prompt(THOUGHTFUL[:3], enable_thinking=thinking)
+    assert _jinja(template, _hf_messages(None, messages), **kwargs) == expected
+    prompt = template.render_prompt(messages[:5], enable_thinking=thinking)
     assert (
-        _jinja(template, _hf_messages(None, THOUGHTFUL[:3]), add_generation_prompt=True, **kwargs)
+        _jinja(template, _hf_messages(None, messages[:5]), add_generation_prompt=True, **kwargs)
         == prompt
     )
+
+
+@pytest.mark.parametrize("name", ["qwen3", "glm4_7"])
+def test_jinja_preserve_thinking_default_is_the_templates(name: str) -> None:
+    template = replace(golden_template(name), preserve_thinking=True)
+    messages = thoughtful(template)
+    expected = "".join(t.prompt + t.response for t in template.render(messages))
+    assert "add them" in expected
+    assert _jinja(template, _hf_messages(None, messages)) == expected
 
 
 def test_jinja_without_special_token_variables() -> None:

@@ -99,3 +99,37 @@ def test_efficient_eos_only_on_last_response() -> None:
     )
     assert [t.response for t in turns] == ["\na1", "\na2<|endoftext|>"]
     assert not get_template("glm4").render_prompt([M("user", "q1")]).endswith("<|endoftext|>")
+
+
+def test_tools_slot_puts_the_tool_list_itself_in_the_system_turn() -> None:
+    tools = '[{"name": "f", "description": "d", "parameters": {}}]'
+    text = get_template("phi4_mini").render_prompt([M("user", "q")], system="S", tools=tools)
+    assert text == f"<|system|>S<|tool|>{tools}<|/tool|><|end|><|user|>q<|end|><|assistant|>"
+    with pytest.raises(DataError, match="tools are not valid JSON"):
+        get_template("phi4_mini").render_prompt([M("user", "q")], tools="[{")
+
+
+def test_function_content_wrapped_in_tool_call_words_keeps_its_text() -> None:
+    call = '{"name": "f", "arguments": {"x": 1}}'
+    messages = [M("user", "q"), M("function", f"Let me check.\n<tool_call>{call}</tool_call>")]
+    (turn,) = get_template("qwen").render(messages)
+    assert turn.response == (
+        'Let me check.\n<tool_call>\n{"name": "f", "arguments": {"x": 1}}\n</tool_call><|im_end|>'
+    )
+    lfm2 = [M("user", "q"), M("function", f"<|tool_call_start|>{call}<|tool_call_end|>")]
+    (turn,) = get_template("lfm2").render(lfm2)
+    assert turn.response == "<|tool_call_start|>[f(x=1)]<|tool_call_end|><|im_end|>"
+
+
+def test_empty_thought_can_be_the_closing_tag_alone() -> None:
+    (turn,) = get_template("glm4_7").render([M("user", "q"), M("assistant", "a")])
+    assert turn.prompt == "[gMASK]<sop><|user|>\nq<|assistant|>"
+    assert turn.response == "</think>\na<|endoftext|>"
+    off = get_template("glm4_7", enable_thinking=False)
+    assert off.render_prompt([M("user", "q")]).endswith("<|assistant|></think>")
+
+
+def test_thought_words_made_of_markers_are_not_one_token() -> None:
+    tokens = get_template("gpt_oss").special_tokens
+    assert "<|channel|>" in tokens and "<|channel|>analysis<|message|>" not in tokens
+    assert {"<seed:think>", "</seed:think>"} <= set(get_template("seed_oss").special_tokens)

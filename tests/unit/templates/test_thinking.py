@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
 from tuneforge.data.example import Message
@@ -112,3 +114,58 @@ def test_deepseekr1() -> None:
     (turn,) = t.render([M("user", "q"), M("assistant", "a")], enable_thinking=False)
     assert turn.prompt == "<｜begin▁of▁sentence｜><｜User｜>q<｜Assistant｜>" + EMPTY
     assert turn.response == "a<｜end▁of▁sentence｜>"
+
+
+# ---- preserve_thinking -----------------------------------------------------------------------
+
+HISTORY = [
+    M("user", "2+2?"),
+    M("assistant", THOUGHT + "4"),
+    M("user", "3+3?"),
+    M("assistant", "<think>\nThree plus three.\n</think>\n\n6"),
+]
+
+
+def test_preserve_thinking_keeps_history_thoughts() -> None:
+    first, last = qwen3(preserve_thinking=True).render(HISTORY)
+    assert first.response == THOUGHT + "4<|im_end|>"  # kept, and no empty block added
+    assert last.response.startswith("<think>\nThree plus three.")
+    prompt = qwen3(preserve_thinking=True).render_prompt(HISTORY[:3])
+    assert THOUGHT + "4<|im_end|>" in prompt
+    assert prompt == first.prompt + first.response + last.prompt  # still each turn's prompt
+
+
+def test_preserve_thinking_does_not_keep_thoughts_when_thinking_is_off() -> None:
+    preserved = qwen3(preserve_thinking=True, enable_thinking=False).render(HISTORY)
+    assert preserved == qwen3(enable_thinking=False).render(HISTORY)
+    assert "Two plus two" not in "".join(t.prompt + t.response for t in preserved)
+
+
+def test_preserve_thinking_config_key_reaches_the_encoding() -> None:
+    from tuneforge.config.loader import build_config
+    from tuneforge.data.encode import EncodeOptions, encode_batch
+    from tuneforge.data.example import Example
+    from tuneforge.templates import template_for
+
+    tok = SimpleNamespace(bos_token=None, eos_token="<|endoftext|>")
+    texts: dict[bool, str] = {}
+    for preserve in (False, True):
+        config = build_config({"template": "qwen3", "preserve_thinking": preserve})
+        assert config.data.preserve_thinking is preserve
+        template = template_for(config.data, tok)
+        pieces: list[str] = []
+
+        def tokenize(batch: list[str], out: list[str] = pieces) -> list[list[int]]:
+            out.extend(batch)
+            return [[len(text)] for text in batch]
+
+        columns, _ = encode_batch(
+            [Example(tuple(HISTORY))],
+            "supervised",
+            template,
+            tokenize,  # type: ignore[arg-type]
+            EncodeOptions(cutoff_len=4096),
+        )
+        assert columns["input_ids"]
+        texts[preserve] = "".join(pieces)
+    assert "Two plus two" in texts[True] and "Two plus two" not in texts[False]

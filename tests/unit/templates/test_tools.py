@@ -85,6 +85,9 @@ def test_wrapped_and_bare_tools_render_the_same() -> None:
     bare = json.loads(WEATHER_TOOLS)
     wrapped = json.dumps([{"type": "function", "function": t} for t in bare])
     for fmt in TOOL_FORMATS.values():
+        if fmt.name == "seed_oss":  # LLaMA-Factory's seed_oss dumps the list as given
+            assert fmt.format_tools(wrapped) != fmt.format_tools(WEATHER_TOOLS)
+            continue
         assert fmt.format_tools(wrapped) == fmt.format_tools(WEATHER_TOOLS)
 
 
@@ -133,3 +136,71 @@ def test_tool_format_override() -> None:
     assert t.tool_format.name == "qwen"
     (turn,) = t.render([Message("user", "q"), Message("function", json.dumps(ONE[0]))])
     assert turn.response.startswith("<tool_call>\n")
+
+
+# ---- the formats whose call text LLaMA-Factory writes without what its prompt shows ----------
+
+CALL = {"name": "get_weather", "arguments": {"city": "Paris", "days": 3}}
+
+
+@pytest.mark.parametrize(
+    ("fmt", "text"),
+    [
+        # GLM's own template closes the call; LLaMA-Factory's text does not
+        (
+            "glm4_moe",
+            "<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n"
+            "<arg_key>days</arg_key>\n<arg_value>3</arg_value>\n</tool_call>",
+        ),
+        # MiniMax-M2 wraps the invokes; LLaMA-Factory's text does not
+        (
+            "minimax2",
+            '<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris'
+            '</parameter>\n<parameter name="days">3</parameter>\n</invoke>\n</minimax:tool_call>',
+        ),
+        # Seed-OSS writes `<function=name>`; LLaMA-Factory's text has no `>`
+        (
+            "seed_oss",
+            "<seed:tool_call>\n<function=get_weather>\n<parameter=city>Paris</parameter>\n"
+            "<parameter=days>3</parameter>\n</function>\n</seed:tool_call>",
+        ),
+        ("qwen3_5", "I will check.\n" + get_tool_format("qwen3_5").format_calls(json.dumps(CALL))),
+        ("lfm2", '<|tool_call_start|>get_weather(city="Paris", days=3)<|tool_call_end|>'),
+        ("gemma4", '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>'),
+    ],
+)
+def test_parse_the_models_own_call_text(fmt: str, text: str) -> None:
+    assert get_tool_format(fmt).parse_calls(text) == [CALL]
+
+
+def test_glm4_moe_call_text_is_llamafactorys() -> None:
+    text = get_tool_format("glm4_moe").format_calls(json.dumps(TWO))
+    assert text.startswith("\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris")
+    assert "</tool_call>" not in text
+    assert '<arg_key>units</arg_key>\n<arg_value>["c", "f"]</arg_value>' in text
+
+
+def test_lfm2_reads_json_literals_at_any_depth() -> None:
+    text = '<|tool_call_start|>[f(a=true, b={"c": [null, false]}), g()]<|tool_call_end|>'
+    assert get_tool_format("lfm2").parse_calls(text) == [
+        {"name": "f", "arguments": {"a": True, "b": {"c": [None, False]}}},
+        {"name": "g", "arguments": {}},
+    ]
+    assert get_tool_format("lfm2").parse_calls("<|tool_call_start|>[f(1)]<|tool_call_end|>") is None
+
+
+def test_gemma4_notation() -> None:
+    calls = [{"name": "f", "arguments": {"b": {"y": [1, "x"], "x": None}, "a": False, "s": "q"}}]
+    text = get_tool_format("gemma4").format_calls(json.dumps(calls))
+    assert text == (
+        '<|tool_call>call:f{a:false,b:{x:null,y:[1,<|"|>x<|"|>]},s:<|"|>q<|"|>}<tool_call|>'
+    )
+    assert get_tool_format("gemma4").parse_calls(text) == calls
+    tools = get_tool_format("gemma4").format_tools(WEATHER_TOOLS)
+    assert tools.startswith('declaration:get_weather{description:<|"|>Get the current weather')
+    assert 'required:[<|"|>city<|"|>],type:<|"|>OBJECT<|"|>}}' in tools
+
+
+def test_ling_prompt_turns_thinking_off() -> None:
+    text = get_tool_format("ling").format_tools(WEATHER_TOOLS)
+    assert text.startswith("# Tools\n\n") and text.endswith("</tool_call>\ndetailed thinking off")
