@@ -45,7 +45,11 @@ class ModelConfig:
     use_unsloth: bool = key(False, "use Unsloth's patched models (needs unsloth)")
     use_unsloth_gc: bool = key(False, "Unsloth's gradient checkpointing")
     enable_liger_kernel: bool = key(False, "Liger fused kernels (needs liger-kernel)")
-    moe_aux_loss_coef: float | None = key(None, "MoE router auxiliary loss coefficient")
+    moe_aux_loss_coef: float | None = key(
+        None,
+        "MoE router load-balancing loss coefficient, added to the training loss (unset: the"
+        " checkpoint's config decides, usually off; 0: off)",
+    )
     disable_gradient_checkpointing: bool | None = key(
         None,
         "turn gradient checkpointing off (unset: off on CPU, where batches run in passes of at"

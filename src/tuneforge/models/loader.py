@@ -60,9 +60,69 @@ def load_config(model: ModelConfig, cutoff_len: int | None) -> Any:
     hf_config = load_pretrained(AutoConfig, base_model_path(model), _hub_kwargs(model), "config")
     if model.rope_scaling and cutoff_len:
         _scale_rope(hf_config, model.rope_scaling, cutoff_len)
-    if model.moe_aux_loss_coef is not None and hasattr(hf_config, "router_aux_loss_coef"):
-        hf_config.router_aux_loss_coef = model.moe_aux_loss_coef
     return hf_config
+
+
+# the names MoE configs give the weight of the router's load-balancing loss: most families,
+# JetMoE, DeepSeek's remote code, DBRX (in its ffn_config)
+_ROUTER_COEFFICIENTS = (
+    "router_aux_loss_coef",
+    "aux_loss_coef",
+    "aux_loss_alpha",
+    "moe_loss_weight",
+)
+
+
+def configure_router_loss(hf_config: Any, coefficient: float | None, training: bool) -> bool:
+    """An MoE model's router load-balancing loss, as LLaMA-Factory's `configure_moe` sets it.
+
+    Training with `moe_aux_loss_coef` set: the coefficient goes to the family's own name of it
+    and `output_router_logits` is turned on, so the forward returns `aux_loss`
+    (training/loss.py adds it); 0 turns the router logits off. Unset, the checkpoint's own
+    config decides (usually off), as in LLaMA-Factory. For inference the router logits are off.
+    Only configs that name a coefficient are touched: DeepSeek-V3 and GLM-4.5 return router
+    logits but balance their experts without a loss. Returns whether the forward will return
+    a router loss.
+    """
+    configs = _router_configs(hf_config)
+    for config in configs:
+        if not training:
+            if hasattr(config, "output_router_logits"):
+                config.output_router_logits = False
+            continue
+        holder, name = _coefficient_home(config)
+        if coefficient is not None:
+            setattr(holder, name, coefficient)
+            if hasattr(config, "output_router_logits"):
+                config.output_router_logits = coefficient != 0
+    if not (training and configs):
+        return False
+    holder, name = _coefficient_home(configs[-1])  # the text config of a multimodal one
+    weight = getattr(holder, name)
+    if getattr(configs[-1], "output_router_logits", False) is True and weight:
+        logger.info("MoE router load-balancing loss on: %s = %g.", name, weight)
+        return True
+    if getattr(configs[-1], "output_router_logits", None) is None and weight:
+        # DeepSeek's remote code: its gate adds the loss's gradient itself, in its forward
+        logger.info("MoE router load-balancing loss: %s = %g, in the model's code.", name, weight)
+        return False
+    unset = "unset, and off in the checkpoint's config" if coefficient is None else "0"
+    logger.info("MoE router load-balancing loss off (moe_aux_loss_coef %s).", unset)
+    return False
+
+
+def _router_configs(hf_config: Any) -> list[Any]:
+    """The config, or a multimodal model's text config, that weighs a router loss."""
+    configs = [hf_config, getattr(hf_config, "text_config", None)]
+    return [c for c in configs if c is not None and _coefficient_home(c)[1]]
+
+
+def _coefficient_home(config: Any) -> tuple[Any, str]:
+    for holder in (config, getattr(config, "ffn_config", None)):
+        for name in _ROUTER_COEFFICIENTS:
+            if holder is not None and hasattr(holder, name):
+                return holder, name
+    return config, ""
 
 
 def _hub_kwargs(model: ModelConfig) -> dict[str, Any]:
@@ -110,6 +170,7 @@ def load_model(
 
     liger = _check_accelerations(model, training)
     hf_config = load_config(model, cutoff_len)
+    router_loss = configure_router_loss(hf_config, model.moe_aux_loss_coef, training is not None)
     dtype = compute_dtype(training, model)
     kwargs = {
         "config": hf_config,
@@ -144,10 +205,16 @@ def load_model(
             lambda module, args, output: output.to(torch.float32)
         )
     if checkpointing_wanted(model, training):
+        reentrant = model.use_reentrant_gc
+        if reentrant and router_loss:
+            # a reentrant checkpoint runs its forward without grad, so the router logits that
+            # transformers records inside it would give the router loss no gradient
+            logger.info("MoE router loss: non-reentrant gradient checkpointing.")
+            reentrant = False
         loaded.activation_checkpointing_enable(
-            activation_checkpointing_kwargs={"use_reentrant": model.use_reentrant_gc}
+            activation_checkpointing_kwargs={"use_reentrant": reentrant}
         )
-        if model.use_reentrant_gc:
+        if reentrant:
             loaded.enable_input_require_grads()  # reentrant checkpoints need a grad-requiring input
     return loaded
 

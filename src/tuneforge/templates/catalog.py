@@ -1,5 +1,10 @@
 """Every named template, as data.
 
+Every text template of LLaMA-Factory 0.9.5 is here, under its name; its multimodal templates
+(those with an mm_plugin: qwen2_vl, llava..., and gemma3 / llama4 / mistral_small rendered as
+text) are not, except these three. `tests/unit/templates/test_lf_parity.py` holds each one to
+LLaMA-Factory's own token ids (`golden_lf/`).
+
 Names, slot texts, default system prompts, stop words and tool formats are LLaMA-Factory's
 (`src/llamafactory/data/template.py`). LLaMA-Factory writes a user slot with the assistant header
 at its end and an assistant slot with the trailing separator; here those are split into
@@ -12,9 +17,15 @@ the separator untrained. Deliberate differences, each noted at its template:
 - deepseekcoder, granite3: the literal end marker that closes every response (`<|EOT|>`,
   `<|end_of_text|>`) is listed as the first stop word; LLaMA-Factory lists none and relies on the
   tokenizer's eos being that marker.
-- falcon, glm4 (`efficient_eos`): LLaMA-Factory appends the eos after the last response's
-  separator ("...answer\n<eos>"); here it follows the response ("...answer<eos>"), and it is
-  `stop_words[0]` once bound (it is what the model learns to end with).
+- falcon, fewshot, glm4... (`efficient_eos`): LLaMA-Factory appends the eos after the last
+  response's separator ("...answer\n<eos>"); here it follows the response ("...answer<eos>"),
+  and it is `stop_words[0]` once bound (it is what the model learns to end with).
+- granite4: a tool result is followed by the assistant header every other turn ends with
+  (LLaMA-Factory's observation slot ends with `<|start_of_role|>assistant\n`).
+- phi_small: the prefix `<|endoftext|>` is rendered (LLaMA-Factory's prefix slot is a set that
+  its encoder skips).
+- chatglm3, yuan: LLaMA-Factory gives some markers as token ids (`{"token": ...}`); here they are
+  text, the same ids with a tokenizer that parses them as single tokens.
 
 `bos_token` / `eos_token` are the family tokenizer's, used when no tokenizer is passed to
 `get_template`; None where the template is generic and only a tokenizer can tell.

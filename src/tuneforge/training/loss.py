@@ -7,10 +7,23 @@ fused (`training/linear_cross_entropy.py`) so that not even those logits are kep
 is a sum over trained tokens divided by the number of trained tokens of the whole
 (accumulated, all-device) batch, so gradient accumulation and data parallelism give the
 gradient of one big batch.
+
+Mixture-of-experts models whose config has `output_router_logits` on (models/loader.py turns
+it on for training when `moe_aux_loss_coef` is set) return their router's load-balancing loss
+as `aux_loss`, computed in their forward over every token of the row: a padding-free row has
+no padding, so no attention mask is needed to leave any out. transformers adds
+`coefficient * aux_loss` only to a loss it computes from labels, which it never does here, so
+`language_model_loss` adds it. It enters with the weight of this batch's share of the trained
+tokens (`trained / num_items_in_batch`), the same scale as the token loss: summed over the
+passes, accumulated micro-batches and devices of one optimizer step, the router term is
+`coefficient` times the trained-token-weighted mean of the micro-batches' router losses.
+Without gradient accumulation on one device that is exactly LLaMA-Factory's
+`loss + coefficient * aux_loss`, and it does not grow with the number of micro-batches.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,6 +36,18 @@ from tuneforge.training.linear_cross_entropy import (
     output_layer_inputs,
 )
 from tuneforge.training.preference_losses import ld_weights
+
+# where a model keeps the weight of its router loss: most families, then JetMoE
+_COEFFICIENT_NAMES = ("router_aux_loss_coef", "aux_loss_coef")
+
+
+@dataclass(frozen=True)
+class LanguageModelLoss:
+    """One batch's training loss and its parts."""
+
+    loss: torch.Tensor  # what backward runs on: token loss plus the weighted router loss
+    trained_tokens: int
+    router_loss: torch.Tensor | None = None  # the model's unweighted aux_loss; None if dense
 
 
 def token_losses(
@@ -40,27 +65,73 @@ def token_losses(
 def _losses_through_logits(
     model: Any, batch: PaddingFreeBatch, keep: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False).logits[0]
-    return F.cross_entropy(logits.float(), batch.targets[0, keep], reduction="none"), logits
+    losses, logits, _ = _forward_through_logits(model, batch, keep)
+    return losses, logits
+
+
+def _forward_through_logits(
+    model: Any, batch: PaddingFreeBatch, keep: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    outputs = model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False)
+    logits = outputs.logits[0]
+    losses = F.cross_entropy(logits.float(), batch.targets[0, keep], reduction="none")
+    return losses, logits, outputs
 
 
 def language_model_loss(
     model: Any, batch: PaddingFreeBatch, num_items_in_batch: torch.Tensor | int | None = None
 ) -> tuple[torch.Tensor, int]:
-    """Summed token loss over `num_items_in_batch` (default: this batch's trained tokens)."""
+    """Summed token loss over `num_items_in_batch` (default: this batch's trained tokens),
+    plus an MoE model's weighted router loss (see the module docstring)."""
+    terms = language_model_loss_terms(model, batch, num_items_in_batch)
+    return terms.loss, terms.trained_tokens
+
+
+def language_model_loss_terms(
+    model: Any, batch: PaddingFreeBatch, num_items_in_batch: torch.Tensor | int | None = None
+) -> LanguageModelLoss:
+    """`language_model_loss`, with the router loss kept apart as well (for the logs)."""
     keep = batch.trained_positions()
     denominator = num_items_in_batch if num_items_in_batch is not None else max(keep.numel(), 1)
     inputs = batch.model_inputs()
     head = fused_output_layer(model, inputs, keep) if torch.is_grad_enabled() else None
     if head is None:
-        losses, _ = _losses_through_logits(model, batch, keep)
-        return losses.sum() / denominator, keep.numel()
-    with output_layer_inputs(model) as captured:
-        model(**inputs, logits_to_keep=keep, use_cache=False)
-    hidden = captured[0].reshape(-1, captured[0].shape[-1])
-    targets = batch.targets[0, keep]
-    loss = linear_cross_entropy(hidden, head.weight, head.bias, targets, 1.0 / denominator)
-    return loss, keep.numel()
+        losses, _, outputs = _forward_through_logits(model, batch, keep)
+        loss = losses.sum() / denominator
+    else:
+        # the output layer gets an empty slice; the router loss is still in the output
+        with output_layer_inputs(model) as captured:
+            outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
+        hidden = captured[0].reshape(-1, captured[0].shape[-1])
+        targets = batch.targets[0, keep]
+        loss = linear_cross_entropy(hidden, head.weight, head.bias, targets, 1.0 / denominator)
+    router_loss = getattr(outputs, "aux_loss", None)
+    if not torch.is_tensor(router_loss):  # dense, or router logits off (transformers gives 0)
+        return LanguageModelLoss(loss, keep.numel())
+    coefficient = router_loss_coefficient(model)
+    if coefficient:
+        share = keep.numel() / denominator  # this batch's part of the step's trained tokens
+        loss = loss + coefficient * share * router_loss.to(loss.device)
+    return LanguageModelLoss(loss, keep.numel(), router_loss.detach())
+
+
+def router_loss_coefficient(model: Any) -> float | None:
+    """The weight of an MoE model's router load-balancing loss when its forward computes that
+    loss (`output_router_logits` on in its config or text config), else None.
+
+    The model's own attribute comes first: transformers' MoE models copy the coefficient
+    there when they are built (DBRX from `ffn_config.moe_loss_weight`)."""
+    inner = getattr(model, "module", model)  # a DDP wrapper has no config
+    config = getattr(inner, "config", None)
+    configs = [c for c in (config, getattr(config, "text_config", None)) if c is not None]
+    if not any(getattr(c, "output_router_logits", False) is True for c in configs):
+        return None
+    for holder in (inner, *configs):
+        for name in _COEFFICIENT_NAMES:
+            value = getattr(holder, name, None)
+            if isinstance(value, int | float) and not isinstance(value, bool):
+                return float(value)
+    return None
 
 
 def sequence_log_probs(

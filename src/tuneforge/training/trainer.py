@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer as HFTrainer
 
 from tuneforge.data.batch import PaddingFreeBatch
-from tuneforge.training.loss import language_model_loss, token_losses
+from tuneforge.training.loss import language_model_loss_terms, router_loss_coefficient, token_losses
 from tuneforge.training.optimizers import loraplus_groups
 
 Metrics = dict[str, torch.Tensor]
@@ -81,6 +81,8 @@ class Trainer(HFTrainer):
         self.max_pass_tokens = max_pass_tokens
         if finetuning is not None and finetuning.compute_accuracy:
             self.metric_names = ("accuracy",)
+        if router_loss_coefficient(self.model) is not None:  # MoE: log the router loss's mean
+            self.metric_names = (*self.metric_names, "aux_loss")
         self._metrics = {"train": MetricTotals(), "eval": MetricTotals()}
         self._examples_seen = 0  # examples, not rows: a packed row holds several
 
@@ -90,11 +92,14 @@ class Trainer(HFTrainer):
         self, model: Any, batch: PaddingFreeBatch, num_items_in_batch: Any = None
     ) -> tuple[torch.Tensor, Metrics]:
         """A training batch's loss and metric values."""
-        loss, _ = language_model_loss(model, batch, num_items_in_batch)
+        terms = language_model_loss_terms(model, batch, num_items_in_batch)
+        loss = terms.loss
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # the denominator counts every device's tokens, and DDP averages the gradients
             loss = loss * self.accelerator.num_processes
-        return loss, {}
+        if terms.router_loss is None:
+            return loss, {}
+        return loss, {"aux_loss": terms.router_loss}
 
     def evaluation_loss_and_metrics(
         self, model: Any, batch: PaddingFreeBatch
@@ -104,7 +109,7 @@ class Trainer(HFTrainer):
         training loss, and each token's correctness with `compute_accuracy`."""
         losses, keep, predicted = token_losses(model, batch, with_predictions=True)
         loss = losses.mean() if keep.numel() else losses.sum()
-        if not self.metric_names:
+        if "accuracy" not in self.metric_names:
             return loss, {}
         return loss, {"accuracy": predicted == batch.targets[0, keep]}
 
