@@ -175,7 +175,9 @@ def load_model(
     kwargs = {
         "config": hf_config,
         "dtype": dtype,
-        "attn_implementation": attention_implementation(model.flash_attn, device_type()),
+        "attn_implementation": attention_implementation(
+            model.flash_attn, device_type(), getattr(hf_config, "model_type", "")
+        ),
         **_hub_kwargs(model),
         **quantization_kwargs(model, dtype, training is not None),
     }
