@@ -11,7 +11,8 @@ folder. The same file then runs under LLaMA-Factory's python (`--lf-side JOB OUT
 llamafactory and never tuneforge): it loads that folder, fits it to each template with
 `get_template_and_fix_tokenizer` and encodes each conversation of `cases.lf_records(name)` with
 `Template.encode_multiturn` (the SFT path) and, for reasoning templates, `encode_oneturn` (the
-preference and KTO path), for each `enable_thinking` / `preserve_thinking` setting. It also
+preference and KTO path) and `encode_multiturn(discarding_history_cot=True)` (SFT with
+`mask_history`), for each `enable_thinking` / `preserve_thinking` setting. It also
 renders LLaMA-Factory's thirteen tool formats. What it returns is written to `golden_lf/`:
 
 - `_meta.json`: the tokenizer recipe (so tests rebuild the same tokenizer), a fingerprint of its
@@ -185,8 +186,11 @@ def _lf_record(template: Any, tokenizer: Any, record: dict[str, Any]) -> dict[st
     out: dict[str, Any] = dict(record)
     try:
         out["multiturn"] = [[p, r] for p, r in template.encode_multiturn(*args)]
-        if type(template).__name__ != "Template":  # reasoning templates: the one-turn path too
+        if type(template).__name__ != "Template":  # reasoning templates: the other paths too
             out["oneturn"] = list(template.encode_oneturn(*args))
+            if not record["preserve_thinking"]:  # SFT with mask_history discards history cot
+                pairs = template.encode_multiturn(*args, discarding_history_cot=True)
+                out["mask_history"] = [[p, r] for p, r in pairs]
     except Exception as error:  # what LLaMA-Factory refuses, tuneforge must refuse too
         out.pop("multiturn", None)
         out["error"] = f"{type(error).__name__}: {error}"

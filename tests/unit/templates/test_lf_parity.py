@@ -1,7 +1,8 @@
 """Every template encodes like LLaMA-Factory 0.9.5 itself: same token ids, same trained spans.
 
 `golden_lf/` holds what LLaMA-Factory's own `Template.encode_multiturn` (its SFT path) and, for
-reasoning templates, `encode_oneturn` (its preference / KTO path) give for the conversations of
+reasoning templates, `encode_oneturn` (its preference / KTO path) and `encode_multiturn` with
+`discarding_history_cot` (its SFT path with `mask_history`) give for the conversations of
 `cases.lf_records`, on a tiny tokenizer that this test rebuilds. It is written by
 `python -m tests.unit.templates.regen_lf`, which needs LLaMA-Factory in a second virtualenv; this
 test does not.
@@ -138,7 +139,7 @@ class Difference:
     Attributes:
         reason: Why tuneforge differs (README and design-notes list the same).
         applies: (template, record, golden) -> whether it shows in this record.
-        paths: The LLaMA-Factory paths it concerns ("multiturn", "oneturn").
+        paths: The LLaMA-Factory paths it concerns ("multiturn", "oneturn", "mask_history").
         undo: Turns tuneforge's rendering into what LLaMA-Factory renders; it must change the
             rendering wherever the difference applies. None: handled by `lf_turns` below, or
             by the record's own assertion.
@@ -146,7 +147,7 @@ class Difference:
 
     reason: str
     applies: Callable[[Template, Record, dict[str, Any]], bool]
-    paths: tuple[str, ...] = ("multiturn", "oneturn")
+    paths: tuple[str, ...] = ("multiturn", "oneturn", "mask_history")
     undo: Callable[[Template, Record, Turns], Turns] | None = None
 
 
@@ -214,9 +215,10 @@ DIFFERENCES: dict[str, Difference] = {
     "history_empty_thought": Difference(
         "History responses without a thought keep the empty thought block they are trained "
         "with, so that each turn's prompt is render_prompt of the conversation so far; "
-        "LLaMA-Factory's one-turn path (preference, KTO) renders them with no block.",
+        "LLaMA-Factory's one-turn path (preference, KTO) and its mask_history SFT path render "
+        "them with no block.",
         lambda t, r, g: _history_keeps_no_thought(t, r),
-        paths=("oneturn",),
+        paths=("oneturn", "mask_history"),
         undo=_undo_history_blocks,
     ),
     "granite4_observation": Difference(
@@ -322,12 +324,28 @@ def record_id(item: tuple[str, int]) -> str:
 RECORDS = records()
 
 
+def _path_items(path: str) -> list[tuple[str, int]]:
+    return [item for item in RECORDS if path in golden(item[0])["records"][item[1]]]
+
+
 @pytest.mark.parametrize("item", RECORDS, ids=[record_id(item) for item in RECORDS])
 def test_multiturn_is_llamafactorys(item: tuple[str, int], tokenizer: Any) -> None:
+    check_pairs(item, tokenizer, "multiturn")
+
+
+@pytest.mark.parametrize("item", _path_items("mask_history"), ids=record_id)
+def test_mask_history_is_llamafactorys(item: tuple[str, int], tokenizer: Any) -> None:
+    """Reasoning templates, SFT with mask_history: LLaMA-Factory strips history thoughts, and
+    only the last turn is trained (by data/encode.py, not the template)."""
+    check_pairs(item, tokenizer, "mask_history")
+
+
+def check_pairs(item: tuple[str, int], tokenizer: Any, path: str) -> None:
+    """tuneforge's turns against LLaMA-Factory's (prompt, response) pairs of `path`."""
     name, index = item
     record = golden(name)["records"][index]
     template = bound(name, record, tokenizer)
-    diffs = applicable(template, record, "multiturn")
+    diffs = applicable(template, record, path)
     if "error" in record:  # LLaMA-Factory refused the conversation
         if "tool_call_words" in diffs:
             render(template, record)  # tuneforge renders it
@@ -338,20 +356,16 @@ def test_multiturn_is_llamafactorys(item: tuple[str, int], tokenizer: Any) -> No
     assert "tool_call_words" not in diffs, "LLaMA-Factory now accepts the wrapped call"
     turns = undone(template, record, render(template, record), diffs)
     ours = ids_of(tokenizer, turns)
-    lf = lf_turns(tokenizer, template, record["multiturn"], diffs)
+    lf = lf_turns(tokenizer, template, record[path], diffs)
     if "boundary" in diffs:
         assert ours != lf, "the boundary difference no longer shows: remove it from BOUNDARY"
-        check_boundary(tokenizer, template, turns, record["multiturn"])
+        check_boundary(tokenizer, template, turns, record[path])
         return
     assert lf is not None, "LF's response does not end with the separator's tokens"
     assert ours == lf
 
 
-@pytest.mark.parametrize(
-    "item",
-    [item for item in RECORDS if "oneturn" in golden(item[0])["records"][item[1]]],
-    ids=record_id,
-)
+@pytest.mark.parametrize("item", _path_items("oneturn"), ids=record_id)
 def test_oneturn_is_llamafactorys(item: tuple[str, int], tokenizer: Any) -> None:
     """Reasoning templates: the preference / KTO encoding (the prompt is every turn before the
     last response)."""
@@ -397,7 +411,7 @@ def test_differences_all_show() -> None:
     for name, index in RECORDS:
         record = golden(name)["records"][index]
         template = TEMPLATES[name]
-        for path in ("multiturn", "oneturn"):
+        for path in ("multiturn", "oneturn", "mask_history"):
             seen.update(applicable(template, record, path))
     assert seen == set(DIFFERENCES) - ({"boundary"} if not BOUNDARY else set())
 
