@@ -484,9 +484,18 @@ def test_force_torchrun_relaunches_full_finetuning(tiny_model_dir, tmp_path):
     assert generated.shape[1] > 3
 
 
-@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is not None, reason="deepspeed here")
-def test_deepspeed_without_the_package_exits_2_naming_the_extra(tiny_model_dir, tmp_path, capsys):
+def test_deepspeed_without_the_package_exits_2_naming_the_extra(
+    tiny_model_dir, tmp_path, capsys, monkeypatch
+):
     from tuneforge.cli.main import main
+
+    # the test environment has DeepSpeed (test_sharded.py): hide it from the check only
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "deepspeed" else find_spec(name, *a),
+    )
 
     config = write_config(tmp_path, tiny_model_dir, "lora", 1, "out")
     deepspeed = DEEPSPEED_DIR / "ds_z3_config.json"

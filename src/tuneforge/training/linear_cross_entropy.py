@@ -13,11 +13,17 @@ Models are used through their ordinary forward (so DDP, checkpointing and PEFT b
 usual): a pre-hook on the output layer takes the hidden states it is given and hands it an
 empty slice instead. Whether a model's logits really are `output_layer(hidden)` (no
 soft-capping or scaling after it) is checked once per model on real inputs.
+
+The fused loss reads the output weight outside the layer's forward and writes its gradient
+itself, so it needs a weight that is whole there and a plain autograd leaf. DeepSpeed ZeRO-3
+(a 0-element placeholder except inside the layer's forward, gradients reduce-scattered through
+its hooks) and FSDP (a flat or DTensor shard) break both, and take the unfused path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import weakref
 from typing import Any
 
@@ -28,6 +34,8 @@ CHUNK_ELEMENTS = 1 << 21  # logits per chunk: 8 MB in float32, one buffer reused
 MIN_CHUNK_ROWS = 64
 
 _checked: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+logger = logging.getLogger("tuneforge")
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
@@ -125,20 +133,49 @@ def output_layer_inputs(model: Any, skip_projection: bool = True):
 def fused_output_layer(model: Any, inputs: dict[str, Any], keep: torch.Tensor):
     """The model's output layer when the fused loss computes exactly its logits, else None.
 
-    The check runs once per model: the logits of a few trained positions of this batch,
-    through the model's own forward, must equal `output_layer(hidden)` of the same forward.
+    The check runs once per model: the output weight must be whole outside the layer's
+    forward (not sharded by ZeRO-3 or FSDP), and the logits of a few trained positions of this
+    batch, through the model's own forward, must equal `output_layer(hidden)` of that forward.
     """
     unwrapped = _unwrapped(model)
     head = _output_layer(unwrapped)
     if head is None or keep.numel() == 0:
         return None
     if unwrapped not in _checked:
-        _checked[unwrapped] = _projection_is_plain(model, head, inputs, keep[:8])
+        sharded = sharded_weight(model, head.weight)
+        _checked[unwrapped] = sharded is None and _projection_is_plain(
+            model, head, inputs, keep[:8]
+        )
+        if _checked[unwrapped]:
+            logger.info("Loss: output layer fused with cross-entropy (no logits kept).")
+        else:
+            reason = sharded or "the logits are not output_layer(hidden)"
+            logger.info("Loss: unfused, through the output layer's own forward (%s).", reason)
     return head if _checked[unwrapped] else None
 
 
+def sharded_weight(model: Any, weight: torch.Tensor) -> str | None:
+    """Who shards `weight` of `model` (DeepSpeed ZeRO-3 or FSDP), or None when it is whole
+    outside its module's forward. `model` as the Trainer holds it, wrapper included."""
+    if hasattr(weight, "ds_id"):  # set on every parameter that zero.Init/ZeRO-3 partitions
+        return "DeepSpeed ZeRO-3 partitions its weight"
+    if not torch.distributed.is_available():
+        return None
+    from torch.distributed import fsdp, tensor
+
+    # FSDP1 wraps modules (its flat shards are plain tensors); FSDP2 makes its modules
+    # FSDPModule and its parameters DTensors (both public from torch 2.6: () before, no match)
+    wrappers = (fsdp.FullyShardedDataParallel, getattr(fsdp, "FSDPModule", ()))
+    modules = (model, *_unwrapped(model).modules())
+    if isinstance(weight, getattr(tensor, "DTensor", ())) or any(
+        isinstance(module, wrappers) for module in modules
+    ):
+        return "FSDP shards its weight"
+    return None
+
+
 def _unwrapped(model: Any) -> Any:
-    """The model inside a DDP wrapper (hooks and the check belong to it, not the wrapper)."""
+    """The model inside a DDP, DeepSpeed or FSDP1 wrapper (hooks and the check belong to it)."""
     return getattr(model, "module", model)
 
 
