@@ -95,6 +95,8 @@ def _attend(
     if mask is None and (windowed or queries not in (1, keys)):
         mask = _causal_mask(queries, keys, variant.window, query.device)
     if variant.softcap is not None or variant.sinks is not None:
+        if mask is None:  # plain causal; the explicit path always takes a mask
+            mask = _causal_mask(queries, keys, None, query.device)
         return _explicit_attention(query, key, value, mask, variant)
     # grouped-query attention: SDPA shares each key/value head across its group itself, so no
     # repeated copy of keys and values is made (and kept for backward)
@@ -125,7 +127,7 @@ def _explicit_attention(
     query: torch.Tensor,
     key: torch.Tensor,
     value: torch.Tensor,
-    mask: torch.Tensor | None,
+    mask: torch.Tensor,
     variant: _Variant,
 ) -> torch.Tensor:
     """Attention written out, for what SDPA cannot do (soft-capping, sinks); the same
@@ -136,8 +138,6 @@ def _explicit_attention(
     scores = torch.matmul(query, key.transpose(2, 3)) * variant.scale
     if variant.softcap is not None:
         scores = torch.tanh(scores / variant.softcap) * variant.softcap
-    if mask is None:
-        mask = _causal_mask(query.shape[2], key.shape[2], None, query.device)
     if mask.dtype == torch.bool:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
     else:

@@ -56,17 +56,10 @@ def token_losses(
     """Per-token cross-entropy at trained positions and those positions' indices (and the
     argmax predictions there, for accuracy)."""
     keep = batch.trained_positions()
-    losses, logits = _losses_through_logits(model, batch, keep)
+    losses, logits, _ = _forward_through_logits(model, batch, keep)
     if with_predictions:
         return losses, keep, logits.argmax(-1)
     return losses, keep
-
-
-def _losses_through_logits(
-    model: Any, batch: PaddingFreeBatch, keep: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    losses, logits, _ = _forward_through_logits(model, batch, keep)
-    return losses, logits
 
 
 def _forward_through_logits(
