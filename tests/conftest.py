@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections import defaultdict
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,50 @@ def training_config(model_dir: Path, output_dir: Path, **keys):
         "report_to": "none",
     }
     return build_config({**base, **keys})
+
+
+# ---- the conformance suite's family x check table (tests/integration/test_conformance.py),
+# printed at the end of a run that includes it; docs/conformance.md keeps a copy
+
+
+# test name -> column; parametrised ids are "family" or "family-method"
+_CHECKS = {
+    "test_step": ("step full", "step lora"),
+    "test_lora_targets": ("lora_targets",),
+    "test_generation": ("generation",),
+    "test_export": ("export",),
+}
+_MARK = {"passed": "ok", "failed": "FAIL", "skipped": "skip"}
+_results: dict[str, dict[str, str]] = defaultdict(dict)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    match = re.search(r"test_conformance\.py::(\w+)\[([\w.-]+)\]", report.nodeid)
+    if not match or match[1] not in _CHECKS:
+        return
+    if report.when != "call" and not (report.failed or report.skipped):
+        return
+    family, _, method = match[2].partition("-")
+    columns = _CHECKS[match[1]]
+    column = columns[0] if len(columns) == 1 else f"step {method}"
+    _results[family][column] = _MARK.get(report.outcome, report.outcome)
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if not _results:
+        return
+    from tuneforge.models.families import model_types
+
+    columns = ["path", *(c for group in _CHECKS.values() for c in group)]
+    lines = [
+        "| model type | " + " | ".join(columns) + " |",
+        "|---" * (len(columns) + 1) + "|",
+    ]
+    for family in sorted(_results):
+        known = model_types().get(family)
+        cells = [known.path if known else "?"]
+        cells += [_results[family].get(column, "-") for column in columns[1:]]
+        lines.append(f"| {family} | " + " | ".join(cells) + " |")
+    terminalreporter.section("conformance: family x check")
+    for line in lines:
+        terminalreporter.write_line(line)

@@ -127,6 +127,24 @@ def test_loss_is_token_loss_plus_coefficient_times_load_balancing_loss(family, f
     )
 
 
+def test_evaluation_loss_carries_the_router_loss_as_training_does():
+    """transformers' MoE models add `coefficient * aux_loss` to any loss they compute, in eval
+    mode too (LLaMA-Factory's eval_loss); the evaluation reports the router loss as well."""
+    from types import SimpleNamespace
+
+    from tuneforge.training.trainer import Trainer
+
+    model = tiny_moe("qwen2_moe", 0.5).eval()
+    inputs = batch()
+    tokens, router, trained = reference(model, inputs, "qwen2_moe")
+    owner = SimpleNamespace(metric_names=("accuracy", "aux_loss"))
+    with torch.no_grad():
+        loss, metrics = Trainer.evaluation_loss_and_metrics(owner, model, inputs)
+    torch.testing.assert_close(loss, tokens / trained + 0.5 * router, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(metrics["aux_loss"], router, rtol=1e-5, atol=1e-6)
+    assert metrics["accuracy"].shape == (trained,)
+
+
 def test_a_lora_model_gets_the_router_loss_through_its_wrapper():
     from peft import LoraConfig, get_peft_model
 

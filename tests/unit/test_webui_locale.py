@@ -1,5 +1,5 @@
 """The web workbench's data files: every string in both languages, the form's fields and
-choices, the model families, and the dataset lists it offers."""
+choices, and the dataset lists it offers (the model list: test_webui_models.py)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tuneforge.templates.registry import template_names
 from tuneforge.webui import arguments
 from tuneforge.webui.datasets import dataset_names, preview_rows
 from tuneforge.webui.locale import LANGUAGES, FormError, strings, text
-from tuneforge.webui.models import hub_id, model_families, model_names, suggested_template
 from tuneforge.webui.spec import choices_of, form_spec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -91,31 +89,6 @@ def test_choices_that_need_a_package_are_offered_only_when_it_is_installed():
     assert set(every) == set(arguments.ACCELERATION)
     assert "cosine" in choices_of(form_spec().fields["lr_scheduler_type"])
     assert set(choices_of(form_spec().fields["compute_type"])) == set(arguments.COMPUTE_TYPE)
-
-
-def test_model_families_name_real_templates():
-    known = set(template_names())
-    for family in model_families():
-        assert family.template in known, family.family
-        assert family.models and all("/" in hub for hub in family.models.values())
-    assert len(model_names()) == len(set(model_names()))
-    assert hub_id("Qwen2.5-7B-Instruct") == "Qwen/Qwen2.5-7B-Instruct" and hub_id("x") is None
-
-
-@pytest.mark.parametrize(
-    ("name", "template"),
-    [
-        ("Qwen3-8B", "qwen3"),
-        ("Qwen2.5-7B-Instruct", "qwen"),
-        ("/models/Qwen2.5-3B-finetuned/", "qwen"),
-        ("Meta-Llama-3-8B-Instruct", "llama3"),
-        ("gemma-3-27b-it", "gemma3"),
-        ("gemma-7b", "gemma"),
-        ("my-own-model", None),
-    ],
-)
-def test_suggested_template(name, template):
-    assert suggested_template(name) == template
 
 
 @pytest.mark.parametrize(

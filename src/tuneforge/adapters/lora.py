@@ -12,6 +12,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from tuneforge.adapters.targets import all_linear_targets
 from tuneforge.errors import ConfigError, ModelError
 from tuneforge.utils.hub import looks_like_path
 
@@ -27,8 +28,9 @@ def lora_config(finetuning: Any, model: Any) -> Any:
         r=finetuning.lora_rank,
         lora_alpha=finetuning.lora_alpha,
         lora_dropout=finetuning.lora_dropout,
-        # peft's "all-linear" is every linear layer but the output head
-        target_modules="all-linear" if targets == ["all"] else _checked_targets(model, targets),
+        target_modules=(
+            all_linear_targets(model) if targets == ["all"] else _checked_targets(model, targets)
+        ),
         modules_to_save=finetuning.additional_target,
         use_rslora=finetuning.use_rslora,
         use_dora=finetuning.use_dora,
@@ -61,7 +63,41 @@ def apply_lora(model: Any, finetuning: Any, adapters: list[str] | None) -> Any:
     if resume is not None:
         logger.info("Loaded adapter %s; training goes on from it.", resume)
         return load_adapter(model, resume, trainable=True)
-    return get_peft_model(model, lora_config(finetuning, model))
+    config = lora_config(finetuning, model)
+    wanted = _targeted_layers(model, config.target_modules)
+    adapted = get_peft_model(model, config)
+    _warn_of_dropped_targets(adapted, wanted)
+    return adapted
+
+
+def _targeted_layers(model: Any, targets: Any) -> set[str]:
+    import re
+
+    if not isinstance(targets, str):
+        return set()
+    pattern = re.compile(targets)
+    return {name for name, _ in model.named_modules() if pattern.fullmatch(name)}
+
+
+def _warn_of_dropped_targets(adapted: Any, wanted: set[str]) -> None:
+    """peft renames the targets of MoE models whose experts transformers 5 fuses into one
+    tensor (`gate_proj` becomes the experts' `gate_up_proj`), and so drops the dense and
+    shared-expert MLP layers of the same names: say so, never silently."""
+    base = adapted.get_base_model()
+    have = {name for name, module in base.named_modules() if hasattr(module, "lora_A")}
+    dropped = sorted(wanted - have)
+    if dropped:
+        logger.warning(
+            "LoRA: peft left %d of the %d layers of `lora_target: all` without an adapter "
+            "(its transformers-5 conversion of %s's MoE layers takes their names for the "
+            "fused experts; a peft limitation): %s%s. The attention layers and the experts "
+            "have adapters.",
+            len(dropped),
+            len(wanted),
+            getattr(base.config, "model_type", "this model"),
+            ", ".join(dropped[:4]),
+            " ..." if len(dropped) > 4 else "",
+        )
 
 
 def load_adapter(

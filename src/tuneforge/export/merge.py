@@ -178,13 +178,17 @@ def _deltas(peft_model: Any) -> Iterator[tuple[str, str, torch.Tensor, torch.Ten
             # only the concrete layer classes define get_delta_weight: peft's LoRA on
             # GPTQ/AWQ/EETQ/AQLM-quantized layers has none, and cannot be merged
             delta_weight = getattr(module, "get_delta_weight", None)
-            weight = module.get_base_layer().weight
+            # peft's ParamWrapper adapts one parameter of a module (the fused experts of an
+            # MoE layer); wrappers of two parameters nest, each under a `base_layer`
+            target = getattr(module, "parameter_name", None) or "weight"
+            weight = getattr(module.get_base_layer(), target, None)
             if delta_weight is None or not isinstance(weight, torch.Tensor):
                 raise ModelError(
                     f"the adapter's layer {name} ({type(module).__name__}) cannot be merged "
                     "into its base weight: export from an unquantized base model."
                 )
-            yield name, "weight", weight.detach(), delta_weight(adapter).detach().float()
+            merged_name = name.replace(".base_layer", "")  # where the merge leaves it
+            yield merged_name, target, weight.detach(), delta_weight(adapter).detach().float()
         elif isinstance(module, ModulesToSaveWrapper) and adapter in module.modules_to_save:
             trained = module.modules_to_save[adapter]
             for parameter, original in module.original_module.named_parameters():

@@ -27,6 +27,13 @@ logger = logging.getLogger("tuneforge")
 VARLEN = "tuneforge_varlen"
 
 
+class _Unset:
+    """A keyword argument that was not passed (None means "no window" when it is)."""
+
+
+_UNSET = _Unset()
+
+
 def varlen_sdpa(
     module: torch.nn.Module,
     query: torch.Tensor,
@@ -35,7 +42,7 @@ def varlen_sdpa(
     attention_mask: torch.Tensor | None,
     dropout: float = 0.0,
     scaling: float | None = None,
-    sliding_window: int | None = None,
+    sliding_window: int | _Unset | None = _UNSET,
     softcap: float | None = None,
     s_aux: torch.Tensor | None = None,
     **kwargs: Any,
@@ -52,7 +59,7 @@ def varlen_sdpa(
     variant = _Variant(
         scale=scaling if scaling is not None else query.shape[-1] ** -0.5,
         dropout=dropout if module.training else 0.0,
-        window=sliding_window,
+        window=_window(module, sliding_window),
         softcap=softcap,
         sinks=s_aux,
     )
@@ -67,6 +74,25 @@ def varlen_sdpa(
         ]
         output = torch.cat(parts, dim=2)
     return output.transpose(1, 2).contiguous(), None
+
+
+def _window(module: torch.nn.Module, given: int | _Unset | None) -> int | None:
+    """The layer's sliding window. Most layers pass theirs (None for a full-attention layer);
+    some lay it only into the mask transformers builds, which this attention does not take
+    (see _no_mask): Qwen2-MoE keeps it on the layer, Phi-MoE only in its config, for every
+    layer unless the config's `layer_types` says otherwise."""
+    if not isinstance(given, _Unset):
+        return given
+    if hasattr(module, "sliding_window"):
+        own: int | None = getattr(module, "sliding_window")  # noqa: B009 (typed as Any)
+        return own
+    config = getattr(module, "config", None)
+    window = getattr(config, "sliding_window", None)
+    layer_types = getattr(config, "layer_types", None)
+    index = getattr(module, "layer_idx", None)
+    if window is not None and layer_types is not None and index is not None:
+        return window if layer_types[index] == "sliding_attention" else None
+    return window
 
 
 @dataclass(frozen=True)
@@ -182,13 +208,17 @@ def register_varlen_attention() -> str:
 SINK_MODEL_TYPES = frozenset({"gpt_oss"})
 
 
-def attention_implementation(flash_attn: str, device_type: str, model_type: str = "") -> str:
+def attention_implementation(
+    flash_attn: str, device_type: str, model_type: str = "", padding_free: bool = True
+) -> str | None:
     """The transformers attn_implementation for a `flash_attn` key value and a model type.
 
     auto and sdpa: FlashAttention-2 on CUDA when installed and the model needs nothing it
-    lacks, else VARLEN (SDPA per example, with sliding windows, soft-capping and sinks).
-    disabled / eager: transformers' eager attention. fa2 / fa3: FlashAttention, which must be
-    installed (and, for fa2, able to compute the model's attention).
+    lacks, else VARLEN (SDPA per example, with sliding windows, soft-capping and sinks) on the
+    padding-free path, or transformers' own default (None: SDPA where the model supports it)
+    on the padded one (models/families.py). disabled / eager: transformers' eager attention.
+    fa2 / fa3: FlashAttention, which must be installed (and, for fa2, able to compute the
+    model's attention).
     """
     from tuneforge.errors import ConfigError
 
@@ -220,11 +250,13 @@ def attention_implementation(flash_attn: str, device_type: str, model_type: str 
     if device_type == "cuda" and _installed("flash_attn") and model_type not in SINK_MODEL_TYPES:
         return _chosen("flash_attention_2", "installed, on CUDA")
     why = "attention sinks" if model_type in SINK_MODEL_TYPES else "no FlashAttention-2 here"
+    if not padding_free:
+        return _chosen(None, f"{why}; the padded path")
     return _chosen(register_varlen_attention(), f"{why}; SDPA per sequence")
 
 
-def _chosen(name: str, why: str) -> str:
-    logger.info("Attention: %s (%s).", name, why)
+def _chosen(name: str | None, why: str) -> str | None:
+    logger.info("Attention: %s (%s).", name or "transformers' default for the model", why)
     return name
 
 

@@ -12,7 +12,9 @@ import torch
 
 from tuneforge.errors import ConfigError, NotAvailableError
 from tuneforge.models.attention import attention_implementation
+from tuneforge.models.families import log_training_path, training_path
 from tuneforge.models.lean_layers import apply_lean_layers
+from tuneforge.models.padded_forward import enable_padded_forward
 from tuneforge.models.tokenizer import base_model_path, load_pretrained
 
 if TYPE_CHECKING:
@@ -65,7 +67,7 @@ def load_config(model: ModelConfig, cutoff_len: int | None) -> Any:
 
 # the names MoE configs give the weight of the router's load-balancing loss: most families,
 # JetMoE, DeepSeek's remote code, DBRX (in its ffn_config)
-_ROUTER_COEFFICIENTS = (
+ROUTER_COEFFICIENTS = (
     "router_aux_loss_coef",
     "aux_loss_coef",
     "aux_loss_alpha",
@@ -119,7 +121,7 @@ def _router_configs(hf_config: Any) -> list[Any]:
 
 def _coefficient_home(config: Any) -> tuple[Any, str]:
     for holder in (config, getattr(config, "ffn_config", None)):
-        for name in _ROUTER_COEFFICIENTS:
+        for name in ROUTER_COEFFICIENTS:
             if holder is not None and hasattr(holder, name):
                 return holder, name
     return config, ""
@@ -172,11 +174,14 @@ def load_model(
     hf_config = load_config(model, cutoff_len)
     router_loss = configure_router_loss(hf_config, model.moe_aux_loss_coef, training is not None)
     dtype = compute_dtype(training, model)
+    path = training_path(hf_config, model.trust_remote_code)
+    if training is not None:
+        log_training_path(path)
     kwargs = {
         "config": hf_config,
         "dtype": dtype,
         "attn_implementation": attention_implementation(
-            model.flash_attn, device_type(), getattr(hf_config, "model_type", "")
+            model.flash_attn, device_type(), getattr(hf_config, "model_type", ""), path.padding_free
         ),
         **_hub_kwargs(model),
         **quantization_kwargs(model, dtype, training is not None),
@@ -194,6 +199,8 @@ def load_model(
         apply_liger_kernel(loaded)
     elif training is not None:
         apply_lean_layers(loaded)  # less kept for backward; Liger's kernels do that themselves
+    if training is not None and not path.padding_free:
+        enable_padded_forward(loaded)
     _fit_vocabulary(loaded, tokenizer, model.resize_vocab)
     set_generation_stops(loaded, tokenizer, stop_words)
     if training is None:

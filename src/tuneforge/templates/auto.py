@@ -40,7 +40,11 @@ class AutoTemplate:
     special_tokens: tuple[str, ...] = ()
 
     def __init__(
-        self, tokenizer: Any, default_system: str = "", enable_thinking: bool | None = None
+        self,
+        tokenizer: Any,
+        default_system: str = "",
+        enable_thinking: bool | None = None,
+        tool_format: str | None = None,
     ) -> None:
         """Check the tokenizer's chat_template and probe its end-of-turn text.
 
@@ -48,6 +52,8 @@ class AutoTemplate:
             tokenizer: A transformers tokenizer with a `chat_template`.
             default_system: System prompt used when a conversation has none.
             enable_thinking: Passed to the chat_template when not None.
+            tool_format: The format generated tool calls are parsed in (LF's `tool_format`);
+                None: `default`. The chat_template itself renders tools its own way.
 
         Raises:
             ConfigError: no tokenizer, no chat_template, or a template that fails the probe.
@@ -64,6 +70,7 @@ class AutoTemplate:
         self._tokenizer = tokenizer
         self.default_system = default_system
         self.enable_thinking = enable_thinking
+        self._tool_format = get_tool_format(tool_format or "default")
         self._marker, self._trailing = self._probe()
         words = (tokenizer.eos_token, self._marker)
         self.stop_words: tuple[str, ...] = tuple(dict.fromkeys(w for w in words if w))
@@ -75,8 +82,9 @@ class AutoTemplate:
 
     @property
     def tool_format(self) -> ToolFormat:
-        """The `default` tool format, for parsing generated calls (as LLaMA-Factory does)."""
-        return get_tool_format("default")
+        """The format generated calls are parsed in: `tool_format`, else `default` (as
+        LLaMA-Factory does)."""
+        return self._tool_format
 
     def render(
         self,

@@ -72,8 +72,19 @@ def get_template(
     if name == "auto":
         from tuneforge.templates.auto import AutoTemplate
 
+        if preserve_thinking:
+            raise ConfigError(
+                "`preserve_thinking` needs a named template: `template: auto` renders through "
+                "the tokenizer's own chat_template, which decides by itself whether past turns "
+                "keep their thoughts. Set `template` to the model's named template (e.g. qwen3)."
+            )
+        if tool_format is not None:
+            get_tool_format(tool_format)  # fail early on an unknown name
         return AutoTemplate(
-            tokenizer, default_system=default_system or "", enable_thinking=enable_thinking
+            tokenizer,
+            default_system=default_system or "",
+            enable_thinking=enable_thinking,
+            tool_format=tool_format,
         )
     if name not in TEMPLATES:
         raise _unknown(name)

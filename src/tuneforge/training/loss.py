@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.data.batch import PaddingFreeBatch
+from tuneforge.models.loader import ROUTER_COEFFICIENTS
 from tuneforge.training.linear_cross_entropy import (
     fused_output_layer,
     linear_cross_entropy,
@@ -37,8 +38,6 @@ from tuneforge.training.linear_cross_entropy import (
 )
 from tuneforge.training.preference_losses import ld_weights
 
-# where a model keeps the weight of its router loss: most families, then JetMoE
-_COEFFICIENT_NAMES = ("router_aux_loss_coef", "aux_loss_coef")
 
 
 @dataclass(frozen=True)
@@ -48,6 +47,7 @@ class LanguageModelLoss:
     loss: torch.Tensor  # what backward runs on: token loss plus the weighted router loss
     trained_tokens: int
     router_loss: torch.Tensor | None = None  # the model's unweighted aux_loss; None if dense
+    predictions: torch.Tensor | None = None  # argmax at the trained positions, when asked
 
 
 def token_losses(
@@ -81,16 +81,23 @@ def language_model_loss(
 
 
 def language_model_loss_terms(
-    model: Any, batch: PaddingFreeBatch, num_items_in_batch: torch.Tensor | int | None = None
+    model: Any,
+    batch: PaddingFreeBatch,
+    num_items_in_batch: torch.Tensor | int | None = None,
+    with_predictions: bool = False,
 ) -> LanguageModelLoss:
-    """`language_model_loss`, with the router loss kept apart as well (for the logs)."""
+    """`language_model_loss`, with the router loss kept apart as well (for the logs), and the
+    predictions at trained positions with `with_predictions` (for accuracy)."""
     keep = batch.trained_positions()
     denominator = num_items_in_batch if num_items_in_batch is not None else max(keep.numel(), 1)
     inputs = batch.model_inputs()
-    head = fused_output_layer(model, inputs, keep) if torch.is_grad_enabled() else None
+    fusable = torch.is_grad_enabled() and not with_predictions
+    head = fused_output_layer(model, inputs, keep) if fusable else None
+    predictions = None
     if head is None:
-        losses, _, outputs = _forward_through_logits(model, batch, keep)
+        losses, logits, outputs = _forward_through_logits(model, batch, keep)
         loss = losses.sum() / denominator
+        predictions = logits.argmax(-1) if with_predictions else None
     else:
         # the output layer gets an empty slice; the router loss is still in the output
         with output_layer_inputs(model) as captured:
@@ -100,12 +107,12 @@ def language_model_loss_terms(
         loss = linear_cross_entropy(hidden, head.weight, head.bias, targets, 1.0 / denominator)
     router_loss = getattr(outputs, "aux_loss", None)
     if not torch.is_tensor(router_loss):  # dense, or router logits off (transformers gives 0)
-        return LanguageModelLoss(loss, keep.numel())
+        return LanguageModelLoss(loss, keep.numel(), None, predictions)
     coefficient = router_loss_coefficient(model)
     if coefficient:
         share = keep.numel() / denominator  # this batch's part of the step's trained tokens
         loss = loss + coefficient * share * router_loss.to(loss.device)
-    return LanguageModelLoss(loss, keep.numel(), router_loss.detach())
+    return LanguageModelLoss(loss, keep.numel(), router_loss.detach(), predictions)
 
 
 def router_loss_coefficient(model: Any) -> float | None:
@@ -120,7 +127,7 @@ def router_loss_coefficient(model: Any) -> float | None:
     if not any(getattr(c, "output_router_logits", False) is True for c in configs):
         return None
     for holder in (inner, *configs):
-        for name in _COEFFICIENT_NAMES:
+        for name in ROUTER_COEFFICIENTS:
             value = getattr(holder, name, None)
             if isinstance(value, int | float) and not isinstance(value, bool):
                 return float(value)

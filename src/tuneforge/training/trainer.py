@@ -17,7 +17,7 @@ import torch
 from transformers import Trainer as HFTrainer
 
 from tuneforge.data.batch import PaddingFreeBatch
-from tuneforge.training.loss import language_model_loss_terms, router_loss_coefficient, token_losses
+from tuneforge.training.loss import language_model_loss_terms, router_loss_coefficient
 from tuneforge.training.optimizers import loraplus_groups
 
 Metrics = dict[str, torch.Tensor]
@@ -105,13 +105,18 @@ class Trainer(HFTrainer):
         self, model: Any, batch: PaddingFreeBatch
     ) -> tuple[torch.Tensor, Metrics]:
         """An evaluation batch's loss and metric values (under no_grad). For language
-        modelling: the mean over the batch's trained tokens, computed without the fused
-        training loss, and each token's correctness with `compute_accuracy`."""
-        losses, keep, predicted = token_losses(model, batch, with_predictions=True)
-        loss = losses.mean() if keep.numel() else losses.sum()
-        if "accuracy" not in self.metric_names:
-            return loss, {}
-        return loss, {"accuracy": predicted == batch.targets[0, keep]}
+        modelling: the mean over the batch's trained tokens plus an MoE model's weighted
+        router loss (as in training, and as transformers computes it), computed without the
+        fused training loss; the router loss; each token's correctness with
+        `compute_accuracy`."""
+        terms = language_model_loss_terms(model, batch, with_predictions=True)
+        metrics: Metrics = {}
+        if terms.router_loss is not None:
+            metrics["aux_loss"] = terms.router_loss
+        if "accuracy" in self.metric_names and terms.predictions is not None:
+            keep = batch.trained_positions()
+            metrics["accuracy"] = terms.predictions == batch.targets[0, keep]
+        return terms.loss, metrics
 
     def examples_in(self, batch: PaddingFreeBatch) -> int:
         """How many examples a batch holds (for examples/s): one per sequence here."""

@@ -165,3 +165,19 @@ def test_auto_rejects_final_eos_templates(make_tokenizer, name: str) -> None:
     tok.chat_template = get_template(name, tok).chat_template
     with pytest.raises(ConfigError, match="not prefix-stable"):
         get_template("auto", tok).render(CONV)
+
+
+def test_auto_parses_calls_in_the_tool_format_asked_for(make_tokenizer) -> None:
+    tokenizer = make_tokenizer(CHATML_JINJA)
+    assert get_template("auto", tokenizer).tool_format.name == "default"
+    assert get_template("auto", tokenizer, tool_format="qwen").tool_format.name == "qwen"
+    with pytest.raises(ConfigError, match="tool"):
+        get_template("auto", tokenizer, tool_format="no_such_format")
+
+
+def test_auto_refuses_preserve_thinking(make_tokenizer) -> None:
+    """The tokenizer's own template decides what past turns keep: the key cannot be honoured."""
+    tokenizer = make_tokenizer(CHATML_JINJA)
+    with pytest.raises(ConfigError, match="`preserve_thinking` needs a named template"):
+        get_template("auto", tokenizer, preserve_thinking=True)
+    assert get_template("auto", tokenizer, preserve_thinking=False).name == "auto"
