@@ -330,3 +330,38 @@ def test_training_logs_the_router_loss(tmp_path, family):
     assert first["loss"] - plain["loss"] == pytest.approx(0.01 * first["aux_loss"], abs=2e-3)
     saved = json.loads((tmp_path / "with" / "config.json").read_text())
     assert saved["router_aux_loss_coef"] == 0.01
+
+
+@pytest.mark.parametrize("family", ["jamba", "qwen3_next", "granitemoehybrid", "minimax"])
+def test_the_padded_path_gives_the_router_loss_of_a_padded_batch(family):
+    """Hybrid MoE models take the padded path: their router logits come back un-padded, so
+    the router loss covers the real tokens, as transformers' own loss on the padded batch
+    with its mask does (labels given, it adds `coefficient * aux_loss` itself)."""
+    import copy
+
+    from transformers import AutoModelForCausalLM
+
+    from family_configs import tiny_config
+    from tuneforge.models.padded_forward import enable_padded_forward
+
+    config = tiny_config(family)
+    configure_router_loss(config, 0.5, training=True)
+    torch.manual_seed(0)
+    eager = AutoModelForCausalLM.from_config(copy.deepcopy(config), attn_implementation="eager")
+    padded = AutoModelForCausalLM.from_config(copy.deepcopy(config))
+    padded.load_state_dict(eager.state_dict())
+    enable_padded_forward(padded)
+    generator = torch.Generator().manual_seed(3)
+    sequences = [torch.randint(3, 96, (n,), generator=generator) for n in (11, 5, 8)]
+    longest = max(len(s) for s in sequences)
+    ids = torch.zeros(len(sequences), longest, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = sequence
+        mask[row, : len(sequence)] = 1
+    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
+    expected = eager(input_ids=ids, attention_mask=mask, labels=labels)
+    assert expected.aux_loss > 0
+    row = PaddingFreeCollator()([{"input_ids": s.tolist()} for s in sequences])
+    loss, _ = language_model_loss(padded, row)
+    torch.testing.assert_close(loss, expected.loss, rtol=1e-5, atol=1e-6)
