@@ -339,9 +339,9 @@ def test_the_padded_path_gives_the_router_loss_of_a_padded_batch(family):
     with its mask does (labels given, it adds `coefficient * aux_loss` itself)."""
     import copy
 
+    from family_configs import tiny_config
     from transformers import AutoModelForCausalLM
 
-    from family_configs import tiny_config
     from tuneforge.models.padded_forward import enable_padded_forward
 
     config = tiny_config(family)

@@ -39,7 +39,6 @@ from tuneforge.training.linear_cross_entropy import (
 from tuneforge.training.preference_losses import ld_weights
 
 
-
 @dataclass(frozen=True)
 class LanguageModelLoss:
     """One batch's training loss and its parts."""
