@@ -34,9 +34,12 @@ def gradients(model) -> dict[str, torch.Tensor]:
     return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+@pytest.mark.parametrize("smoothing", [0.0, 0.3])  # transformers' label_smoothing_factor
 @pytest.mark.parametrize("rows", [3, 10_000])  # many chunks, and one
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_value_and_gradients_equal_logits_then_cross_entropy(monkeypatch, rows, with_bias):
+def test_value_and_gradients_equal_logits_then_cross_entropy(
+    monkeypatch, rows, with_bias, smoothing
+):
     monkeypatch.setattr(fused, "CHUNK_ELEMENTS", 1)
     monkeypatch.setattr(fused, "MIN_CHUNK_ROWS", rows)
     generator = torch.Generator().manual_seed(1)
@@ -50,9 +53,10 @@ def test_value_and_gradients_equal_logits_then_cross_entropy(monkeypatch, rows, 
     targets = torch.randint(0, 50, (17,), generator=generator)
     scale = 1 / 40
 
-    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum") * scale
+    logits = F.linear(hidden, weight, bias)
+    expected = F.cross_entropy(logits, targets, reduction="sum", label_smoothing=smoothing) * scale
     wanted = torch.autograd.grad(expected * 3, [t for t in (hidden, weight, bias) if t is not None])
-    loss = fused.linear_cross_entropy(hidden, weight, bias, targets, scale)
+    loss = fused.linear_cross_entropy(hidden, weight, bias, targets, scale, smoothing)
     got = torch.autograd.grad(loss * 3, [t for t in (hidden, weight, bias) if t is not None])
 
     torch.testing.assert_close(loss, expected.float())
@@ -147,3 +151,29 @@ def test_no_gradient_no_fusion(model):
     with torch.no_grad():
         loss, _ = language_model_loss(model, inputs, 12)
     torch.testing.assert_close(loss, unfused_loss(model, inputs, 12))
+
+
+def test_label_smoothing_is_transformers_label_smoother(tiny_model_dir):
+    """`label_smoothing_factor` as transformers' Trainer applies it (LabelSmoother on the
+    shifted logits), fused in training and unfused in evaluation."""
+    from transformers import AutoModelForCausalLM
+    from transformers.trainer_pt_utils import LabelSmoother
+
+    from tuneforge.training.loss import language_model_loss_terms
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).float()
+    inputs = batch()
+    outputs = model(**inputs.model_inputs(), use_cache=False)  # a cache hides the packing
+    keep = inputs.trained_positions()
+    # LabelSmoother shifts itself (logits[:-1] against labels[1:]): the kept positions' logits
+    # and their targets, one dummy position at each end
+    logits = outputs.logits[0, keep][None]
+    logits = torch.cat([logits, logits[:, :1]], dim=1)
+    targets = torch.cat([torch.tensor([IGNORE_INDEX]), inputs.targets[0, keep]])[None]
+    wanted = LabelSmoother(epsilon=0.4)({"logits": logits}, targets, shift_labels=True)
+    for grad in (True, False):
+        with torch.set_grad_enabled(grad):
+            got = language_model_loss_terms(model, inputs, label_smoothing=0.4).loss
+        torch.testing.assert_close(got, wanted, rtol=1e-5, atol=1e-6)
+    plain = language_model_loss_terms(model, inputs).loss
+    assert abs(plain.item() - wanted.item()) > 20 * 1e-5 * wanted.item()  # it matters

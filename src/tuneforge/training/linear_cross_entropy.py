@@ -40,7 +40,7 @@ logger = logging.getLogger("tuneforge")
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, targets, scale):
+    def forward(ctx, hidden, weight, bias, targets, scale, smoothing):
         needs_hidden, needs_weight, needs_bias = ctx.needs_input_grad[:3]
         with_grads = needs_hidden or needs_weight or needs_bias
         compute_weight = weight.to(hidden.dtype)
@@ -55,6 +55,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             chunk, chunk_targets = hidden[start : start + rows], targets[start : start + rows]
             logits = _logits_into(buffer[: len(chunk)], chunk, compute_weight, compute_bias)
             picked = logits.gather(1, chunk_targets[:, None]).squeeze(1)
+            if smoothing:  # the target is (1 - smoothing) one-hot plus smoothing spread evenly
+                picked = (1 - smoothing) * picked + smoothing * logits.mean(dim=-1)
             # log-sum-exp in place: exp(logits - max) overwrites the logits and is reused below
             peak = logits.amax(dim=-1, keepdim=True)
             exp = logits.sub_(peak).exp_()
@@ -62,9 +64,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total += (peak.squeeze(1) + sums.squeeze(1).log() - picked).sum()
             if not with_grads:
                 continue
-            # d(scale * sum of losses)/d(logits) = scale * (softmax - one_hot(target))
+            # d(scale * sum of losses)/d(logits) = scale * (softmax - target distribution)
             probs = exp.mul_(scale / sums)
-            probs[torch.arange(len(chunk_targets), device=probs.device), chunk_targets] -= scale
+            if smoothing:
+                probs.sub_(scale * smoothing / weight.shape[0])
+            rows_of_chunk = torch.arange(len(chunk_targets), device=probs.device)
+            probs[rows_of_chunk, chunk_targets] -= scale * (1 - smoothing)
             if grad_hidden is not None:
                 grad_hidden[start : start + rows] = probs.to(hidden.dtype) @ compute_weight
             if grad_weight is not None:
@@ -86,7 +91,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_weight = grad_weight.mul_(grad_output).to(weight_dtype)
         if grad_bias is not None:
             grad_bias = grad_bias.mul_(grad_output).to(bias_dtype)
-        return grad_hidden, grad_weight, grad_bias, None, None
+        return grad_hidden, grad_weight, grad_bias, None, None, None
 
 
 def _logits_into(out, chunk, weight, bias):
@@ -104,12 +109,14 @@ def linear_cross_entropy(
     bias: torch.Tensor | None,
     targets: torch.Tensor,
     scale: float | torch.Tensor = 1.0,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
-    """`scale * sum(cross_entropy(hidden @ weight.T + bias, targets))`, in float32, for
-    hidden [tokens, hidden_size], weight [vocab, hidden_size] and targets [tokens]."""
+    """`scale * sum(cross_entropy(hidden @ weight.T + bias, targets, label_smoothing=...))`,
+    in float32, for hidden [tokens, hidden_size], weight [vocab, hidden_size] and targets
+    [tokens]."""
     if torch.is_tensor(scale):
         scale = scale.to(device=hidden.device, dtype=torch.float32)
-    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, scale)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, targets, scale, label_smoothing)
 
 
 @contextlib.contextmanager

@@ -62,11 +62,14 @@ def token_losses(
 
 
 def _forward_through_logits(
-    model: Any, batch: PaddingFreeBatch, keep: torch.Tensor
+    model: Any, batch: PaddingFreeBatch, keep: torch.Tensor, label_smoothing: float = 0.0
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     outputs = model(**batch.model_inputs(), logits_to_keep=keep, use_cache=False)
     logits = outputs.logits[0]
-    losses = F.cross_entropy(logits.float(), batch.targets[0, keep], reduction="none")
+    targets = batch.targets[0, keep]
+    losses = F.cross_entropy(
+        logits.float(), targets, reduction="none", label_smoothing=label_smoothing
+    )
     return losses, logits, outputs
 
 
@@ -84,9 +87,12 @@ def language_model_loss_terms(
     batch: PaddingFreeBatch,
     num_items_in_batch: torch.Tensor | int | None = None,
     with_predictions: bool = False,
+    label_smoothing: float = 0.0,
 ) -> LanguageModelLoss:
     """`language_model_loss`, with the router loss kept apart as well (for the logs), and the
-    predictions at trained positions with `with_predictions` (for accuracy)."""
+    predictions at trained positions with `with_predictions` (for accuracy). A
+    `label_smoothing` (transformers' `label_smoothing_factor`) mixes that much of a uniform
+    distribution into each target, as transformers' label smoother does."""
     keep = batch.trained_positions()
     denominator = num_items_in_batch if num_items_in_batch is not None else max(keep.numel(), 1)
     inputs = batch.model_inputs()
@@ -94,7 +100,7 @@ def language_model_loss_terms(
     head = fused_output_layer(model, inputs, keep) if fusable else None
     predictions = None
     if head is None:
-        losses, logits, outputs = _forward_through_logits(model, batch, keep)
+        losses, logits, outputs = _forward_through_logits(model, batch, keep, label_smoothing)
         loss = losses.sum() / denominator
         predictions = logits.argmax(-1) if with_predictions else None
     else:
@@ -103,7 +109,9 @@ def language_model_loss_terms(
             outputs = model(**inputs, logits_to_keep=keep, use_cache=False)
         hidden = captured[0].reshape(-1, captured[0].shape[-1])
         targets = batch.targets[0, keep]
-        loss = linear_cross_entropy(hidden, head.weight, head.bias, targets, 1.0 / denominator)
+        loss = linear_cross_entropy(
+            hidden, head.weight, head.bias, targets, 1.0 / denominator, label_smoothing
+        )
     router_loss = getattr(outputs, "aux_loss", None)
     if not torch.is_tensor(router_loss):  # dense, or router logits off (transformers gives 0)
         return LanguageModelLoss(loss, keep.numel(), None, predictions)

@@ -92,7 +92,9 @@ class Trainer(HFTrainer):
         self, model: Any, batch: PaddingFreeBatch, num_items_in_batch: Any = None
     ) -> tuple[torch.Tensor, Metrics]:
         """A training batch's loss and metric values."""
-        terms = language_model_loss_terms(model, batch, num_items_in_batch)
+        terms = language_model_loss_terms(
+            model, batch, num_items_in_batch, label_smoothing=self.args.label_smoothing_factor
+        )
         loss = terms.loss
         if self.args.average_tokens_across_devices and num_items_in_batch is not None:
             # the denominator counts every device's tokens, and DDP averages the gradients
@@ -109,7 +111,9 @@ class Trainer(HFTrainer):
         router loss (as in training, and as transformers computes it), computed without the
         fused training loss; the router loss; each token's correctness with
         `compute_accuracy`."""
-        terms = language_model_loss_terms(model, batch, with_predictions=True)
+        terms = language_model_loss_terms(
+            model, batch, with_predictions=True, label_smoothing=self.args.label_smoothing_factor
+        )
         metrics: Metrics = {}
         if terms.router_loss is not None:
             metrics["aux_loss"] = terms.router_loss
