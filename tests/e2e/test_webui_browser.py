@@ -42,7 +42,7 @@ def free_port() -> int:
 
 MODEL = "models/tiny-qwen2"  # paths as a user types them, relative to where the server runs
 RUN_DIR = Path("saves/tiny-qwen2/lora/demo-lora")
-EXPORT_DIR = "exports/tiny-qwen2-identity"
+EXPORT_DIR = "saves/exports/tiny-qwen2-identity"  # an output path: under the saves folder
 
 
 @pytest.fixture(scope="module")
@@ -197,6 +197,18 @@ def pick_model(page) -> None:
     choose(page, "tf-template", "qwen")
 
 
+def test_a_hostile_run_name_is_refused_in_the_page(session, workdir):
+    page = session.open()
+    pick_model(page)
+    choose(page, "tf-dataset", "identity")
+    fill(page, "tf-output_dir", "../../../../etc/x")
+    page.get_by_role("button", name="Preview command").click()
+    wait_for_text(page, "tf-train-status", "holds a path separator", timeout=60_000)
+    assert "Not valid: Run name" in status_text(page, "tf-train-status")
+    assert box(page, "tf-command").input_value() == ""
+    page.close()
+
+
 def test_train_lora_and_watch_progress(session, workdir, screenshots):
     from playwright.sync_api import expect
 
@@ -230,7 +242,8 @@ def test_train_lora_and_watch_progress(session, workdir, screenshots):
     page.close()
     page = session.open()
     expect(box(page, "tf-model_name_or_path")).to_have_value(MODEL)  # the job's settings
-    expect(box(page, "tf-output_dir")).to_have_value(str(RUN_DIR))
+    expect(box(page, "tf-output_dir")).to_have_value(RUN_DIR.name)  # a run of this saves folder
+    expect(box(page, "tf-output_path")).to_have_value("")
     progress = page.locator('#tf-progress .tf-progress[data-percent="100"]')
     progress.wait_for(timeout=LONG)
     wait_for_text(page, "tf-progress", "Finished")

@@ -78,7 +78,11 @@ def test_a_connecting_page_shows_the_training_job_of_the_server(tmp_path):
     restored = opening_updates(registry, "elsewhere", "dpo", "elsewhere")
     assert restored["model_name_or_path"]["value"] == "models/m"
     assert restored["checkpoint"]["value"] == ["saves/a"]
-    assert restored["output_dir"]["value"] == "saves/m/lora/run"
+    # not a run of this server's saves folder: the path itself, as an explicit output path
+    assert restored["output_path"]["value"] == "saves/m/lora/run"
+    assert restored["output_dir"]["value"] == "run"
+    ours = opening_updates(registry, "elsewhere", "dpo", "elsewhere", Saves(Path("saves")))
+    assert ours["output_dir"]["value"] == "run" and ours["output_path"]["value"] == ""
     assert restored["compute_type"]["value"] == "bf16"
     assert restored["yaml_preview"]["value"] == config_text
     assert restored["command_preview"]["value"] == f"tuneforge train {tmp_path}/webui_train.yaml"
@@ -100,8 +104,9 @@ def test_runs_are_listed_newest_first_and_only_when_they_hold_a_model(tmp_path):
     assert saves.runs("org/My Model", "lora") == ["new", "old"]
     assert saves.runs("org/My Model", "full") == []
     assert saves.run_path("m", "lora", "new") == tmp_path / "m" / "lora" / "new"
-    assert str(saves.run_path("m", "lora", "/abs/run")) == "/abs/run"
+    assert str(saves.checkpoint_path("m", "lora", "/abs/run")) == "/abs/run"
     assert saves.args_path("set1") == tmp_path / "configs" / "set1.yaml"
+    assert saves.args_path("v1.2") == tmp_path / "configs" / "v1.2.yaml"
     assert folder_name("/models/qwen/") == "qwen"
     assert looks_like_hub_id("Qwen/Qwen2.5-0.5B") and not looks_like_hub_id("/abs/path")
 

@@ -61,7 +61,7 @@ def test_form_errors_are_told_in_the_page_language():
 def test_form_fields_are_well_formed():
     spec = form_spec()
     laid_out = {name for part in spec.layout for name in spec.names(part)}
-    placed_by_code = {"output_dir", "args_path"}
+    placed_by_code = {"output_dir", "output_path", "args_path", "args_outside"}
     assert laid_out | placed_by_code == set(spec.fields)
     for field in spec.fields.values():
         assert field.widget in (

@@ -101,11 +101,11 @@ def create_app(
             for entry, name in TABS:
                 with page.add(entry, gr.Tab(text(lang, entry), id=name), TITLE):
                     builders[name]()
-        _wire_page(app, page, registry)
+        _wire_page(app, page, registry, saves)
     return Workbench(app, registry, page)
 
 
-def _wire_page(app: Any, page: Page, registry: JobRegistry) -> None:
+def _wire_page(app: Any, page: Page, registry: JobRegistry, saves: Saves) -> None:
     """Language switching, and the values a page starts with."""
     gr = import_gradio()
     labelled = page.labelled()
@@ -119,7 +119,7 @@ def _wire_page(app: Any, page: Page, registry: JobRegistry) -> None:
     names.append("command_preview")
 
     def opening_values(dataset_dir: str, stage: str, eval_dir: str) -> list[Any]:
-        updates = opening_updates(registry, dataset_dir, stage, eval_dir)
+        updates = opening_updates(registry, dataset_dir, stage, eval_dir, saves)
         return [gr.update(**updates.get(name, {})) for name in names]
 
     app.load(
@@ -131,7 +131,11 @@ def _wire_page(app: Any, page: Page, registry: JobRegistry) -> None:
 
 
 def opening_updates(
-    registry: JobRegistry, dataset_dir: str, stage: str, eval_dir: str
+    registry: JobRegistry,
+    dataset_dir: str,
+    stage: str,
+    eval_dir: str,
+    saves: Saves | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Field name -> update for a page that (re)connects: fresh run names and the datasets
     on offer, or, while the server has a training job, that job's settings."""
@@ -143,7 +147,7 @@ def opening_updates(
     job = registry.latest("train")
     if job is not None and job.config_path.is_file():
         config_text = job.config_path.read_text(encoding="utf-8")
-        restored = values_from_keys(yaml.safe_load(config_text) or {})
+        restored = values_from_keys(yaml.safe_load(config_text) or {}, saves)
         restored |= {"yaml_preview": config_text, "command_preview": job.command_line}
         for name, value in restored.items():
             updates.setdefault(name, {})["value"] = value

@@ -8,7 +8,9 @@ that the YAML shown in the page is the YAML that runs, and it runs the same from
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -52,6 +54,8 @@ def convert(field: Field, value: Any) -> Any:
             number = float(value)
         except (TypeError, ValueError):
             raise FormError("msg_not_a_number", field=field.key, value=value) from None
+        if not math.isfinite(number) or (field.type == "int" and not number.is_integer()):
+            raise FormError("msg_not_a_number", field=field.key, value=value)
         if number in field.omit:
             return _SKIP
         return int(number) if field.type == "int" else number
@@ -81,7 +85,7 @@ def model_folder(values: Values) -> str:
 def checkpoint_paths(values: Values, saves: Saves) -> list[str]:
     method = values["finetuning_type"]
     names = values.get("checkpoint") or []
-    return [str(saves.run_path(model_folder(values), method, name)) for name in names]
+    return [str(saves.checkpoint_path(model_folder(values), method, name)) for name in names]
 
 
 def model_keys(values: Values, saves: Saves) -> dict[str, Any]:
@@ -112,8 +116,14 @@ def extra_keys(text: str) -> dict[str, Any]:
     return {str(name): value for name, value in extra.items()}
 
 
-def output_path(values: Values, saves: Saves, name_field: str) -> str:
-    return str(saves.run_path(model_folder(values), values["finetuning_type"], values[name_field]))
+def output_path(values: Values, saves: Saves, name_field: str, path_field: str = "") -> str:
+    """The run's output dir: the explicit path of `path_field` when it is set (absolute, or
+    under the saves folder), else the run name of `name_field` under the method folder."""
+    explicit = str(values.get(path_field) or "").strip() if path_field else ""
+    if explicit:
+        return str(saves.output_path(explicit, "what_output_path"))
+    name = str(values.get(name_field) or "")
+    return str(saves.run_path(model_folder(values), values["finetuning_type"], name))
 
 
 def train_keys(values: Values, saves: Saves) -> dict[str, Any]:
@@ -124,8 +134,11 @@ def train_keys(values: Values, saves: Saves) -> dict[str, Any]:
     train_fields = [n for n in spec.names("train") if n not in ("stage", "output_dir")]
     keys |= field_keys(train_fields, values, spec)
     keys |= COMPUTE_TYPE[values.get("compute_type") or "fp32"]
-    keys["output_dir"] = output_path(values, saves, "output_dir")
-    return keys | extra_keys(values.get("extra_args", ""))
+    keys["output_dir"] = output_path(values, saves, "output_dir", "output_path")
+    extra = extra_keys(values.get("extra_args", ""))
+    if "output_dir" in extra:  # the same rule as the output path field
+        extra["output_dir"] = str(saves.output_path(str(extra["output_dir"]), "what_output_path"))
+    return keys | extra
 
 
 def predict_keys(values: Values, saves: Saves) -> dict[str, Any]:
@@ -144,8 +157,12 @@ def predict_keys(values: Values, saves: Saves) -> dict[str, Any]:
 
 
 def export_keys(values: Values, saves: Saves) -> dict[str, Any]:
-    """The Export tab's run: the top bar's model (and adapters) into export_dir."""
-    return model_keys(values, saves) | field_keys(form_spec().names("export"), values)
+    """The Export tab's run: the top bar's model (and adapters) into export_dir (absolute, or
+    under the saves folder)."""
+    keys = model_keys(values, saves) | field_keys(form_spec().names("export"), values)
+    if "export_dir" in keys:
+        keys["export_dir"] = str(saves.output_path(str(keys["export_dir"]), "what_export_dir"))
+    return keys
 
 
 def chat_keys(values: Values, saves: Saves) -> dict[str, Any]:
@@ -176,10 +193,23 @@ def validate(keys: Mapping[str, Any]) -> Any:
     return build_config(dict(keys), source="the web workbench")
 
 
+def validate_yaml(config_text: str) -> Any:
+    """The Config of a run's YAML text, read as the CLI reads the file it is written to."""
+    return validate(yaml.safe_load(config_text) or {})
+
+
 def to_yaml(keys: Mapping[str, Any], command: str) -> str:
-    """The YAML text of a run, opening with the command that runs it (as examples/ do)."""
+    """The YAML text of a run, opening with the command that runs it (as examples/ do).
+
+    The body is yaml.safe_dump's, so a typed value stays one value of its key; every line of
+    the command is a comment. The text must read back as exactly `keys`.
+    """
     body = yaml.safe_dump(dict(keys), sort_keys=False, allow_unicode=True)
-    return f"# {command}\n# written by `tuneforge webui`\n{body}"
+    comment = "".join(f"# {line}\n" for line in command.splitlines())
+    config_text = f"{comment}# written by `tuneforge webui`\n{body}"
+    if yaml.safe_load(config_text) != dict(keys):
+        raise FormError("msg_yaml_mismatch")
+    return config_text
 
 
 def declared_default(key: str) -> Any:
@@ -226,15 +256,30 @@ def _pop_choice(table: dict[str, dict[str, Any]], raw: dict[str, Any], default: 
     return default
 
 
-def values_from_keys(keys: Mapping[str, Any]) -> dict[str, Any]:
+def output_fields(output_dir: Any, values: Values, saves: Saves | None) -> dict[str, Any]:
+    """The run name and output path fields that give `output_dir`: its name alone when it is
+    a run of the page's model and method under `saves`, else the path itself."""
+    if output_dir is None:
+        return {}  # the page keeps its run name
+    path = Path(str(output_dir))
+    if saves is not None and "model_name_or_path" in values and "finetuning_type" in values:
+        folder = saves.method_dir(model_folder(values), values["finetuning_type"])
+        if path.parent.resolve() == folder.resolve():
+            return {"output_dir": path.name, "output_path": ""}
+    return {"output_dir": path.name, "output_path": str(output_dir)}
+
+
+def values_from_keys(keys: Mapping[str, Any], saves: Saves | None = None) -> dict[str, Any]:
     """Field values for a loaded argument set (a training YAML). Train-tab fields the YAML
-    leaves out get their defaults; keys that no field shows go to the extra-arguments box."""
+    leaves out get their defaults; keys that no field shows go to the extra-arguments box;
+    output_dir becomes a run name under `saves` or else an explicit output path."""
     spec = form_spec()
     rest = dict(keys)
     for name in FIXED_TRAIN_KEYS:
         rest.pop(name, None)
+    output_dir = rest.pop("output_dir", None)
     values: dict[str, Any] = {}
-    train = [*spec.names("train"), "output_dir"]
+    train = spec.names("train")
     for name in spec.names("top") + train:
         field = spec.fields[name]
         if field.key is not None and field.key in rest:
@@ -244,6 +289,7 @@ def values_from_keys(keys: Mapping[str, Any]) -> dict[str, Any]:
     adapters = rest.pop("adapter_name_or_path", None)
     if adapters:
         values["checkpoint"] = shown(spec.fields["checkpoint"], adapters)
+    values |= output_fields(output_dir, values, saves)
     values["compute_type"] = _pop_choice(COMPUTE_TYPE, rest, "fp32")
     values["acceleration"] = _pop_choice(ACCELERATION, rest, "auto")
     values["extra_args"] = yaml.safe_dump(rest, sort_keys=False, allow_unicode=True) if rest else ""

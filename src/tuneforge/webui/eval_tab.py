@@ -4,11 +4,12 @@ sample of the generated predictions."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import UserError
-from tuneforge.webui.arguments import predict_keys, to_yaml, validate
+from tuneforge.webui.arguments import predict_keys, to_yaml, validate_yaml
 from tuneforge.webui.chat import import_gradio
 from tuneforge.webui.components import VALUE, Page
 from tuneforge.webui.datasets import dataset_names
@@ -61,10 +62,11 @@ def _wire_actions(page: Page, saves: Saves, registry: JobRegistry) -> None:
         lang = values["lang"]
         try:
             keys = predict_keys(values, saves)
-            validate(keys)
             output_dir = check_folder(Path(keys["output_dir"]))
-            command = " ".join(user_command("train", output_dir / f"webui_{KIND}.yaml"))
-            registry.start(KIND, "train", to_yaml(keys, command), output_dir, output_dir)
+            command = shlex.join(user_command("train", output_dir / f"webui_{KIND}.yaml"))
+            config_text = to_yaml(keys, command)
+            validate_yaml(config_text)
+            registry.start(KIND, "train", config_text, output_dir, output_dir)
         except UserError as error:
             return text(lang, "msg_invalid", error=describe(error, lang))
         return text(lang, "msg_started", command=command)

@@ -3,11 +3,12 @@ as a subprocess like training, and where the export went."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import UserError
-from tuneforge.webui.arguments import export_keys, to_yaml, validate
+from tuneforge.webui.arguments import export_keys, to_yaml, validate_yaml
 from tuneforge.webui.chat import import_gradio
 from tuneforge.webui.components import Page
 from tuneforge.webui.locale import describe, text
@@ -35,11 +36,12 @@ def build_export_tab(page: Page, saves: Saves, registry: JobRegistry, timer: Any
         lang = values["lang"]
         try:
             keys = export_keys(values, saves)
-            validate(keys)
             target = check_export_dir(keys.get("export_dir"))
             job_dir = saves.job_dir(KIND)
-            command = " ".join(user_command(KIND, job_dir / f"webui_{KIND}.yaml"))
-            registry.start(KIND, KIND, to_yaml(keys, command), job_dir, Path(target))
+            command = shlex.join(user_command(KIND, job_dir / f"webui_{KIND}.yaml"))
+            config_text = to_yaml(keys, command)
+            validate_yaml(config_text)
+            registry.start(KIND, KIND, config_text, job_dir, Path(target))
         except UserError as error:
             return text(lang, "msg_invalid", error=describe(error, lang))
         return text(lang, "msg_started", command=command)

@@ -3,11 +3,12 @@ Abort, and the running job's progress, log and loss curve."""
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import Any
 
 from tuneforge.errors import UserError
-from tuneforge.webui.arguments import to_yaml, train_keys, validate, values_from_keys
+from tuneforge.webui.arguments import to_yaml, train_keys, validate_yaml, values_from_keys
 from tuneforge.webui.chat import import_gradio
 from tuneforge.webui.components import TITLE, Page
 from tuneforge.webui.datasets import dataset_names, preview_rows
@@ -18,36 +19,39 @@ from tuneforge.webui.runner import JobRegistry, user_command
 from tuneforge.webui.spec import form_spec
 
 KIND = "train"
+OUTPUT_FIELDS = ("output_dir", "output_path")  # laid out by hand, next to the argument sets
+ARGS_FIELDS = ("args_path", "args_outside")
 
 
 def form_names() -> list[str]:
     """The fields a training run is built from: the top bar's and the Train tab's."""
     spec = form_spec()
-    return [*spec.names("top"), *spec.names("train"), "output_dir"]
+    return [*spec.names("top"), *spec.names("train"), *OUTPUT_FIELDS, *ARGS_FIELDS]
 
 
 def restorable_fields() -> list[str]:
     """The fields an argument set (a training YAML) fills in."""
-    return [name for name in form_names() if name not in ("lang", "args_path")]
+    return [name for name in form_names() if name != "lang" and name not in ARGS_FIELDS]
 
 
 def planned_run(values: dict[str, Any], saves: Saves) -> tuple[str, str, Path]:
     """The YAML text, command and output dir of the run the fields describe."""
     keys = train_keys(values, saves)
-    output_dir = check_folder(Path(keys["output_dir"]))
-    command = " ".join(user_command(KIND, output_dir / f"webui_{KIND}.yaml"))
+    output_dir = check_folder(Path(keys["output_dir"]))  # a run name or output path (paths.py)
+    command = shlex.join(user_command(KIND, output_dir / f"webui_{KIND}.yaml"))
     return to_yaml(keys, command), command, output_dir
 
 
 def check_run(values: dict[str, Any], saves: Saves) -> tuple[str, str, Path | None, str]:
-    """(YAML, command, output dir, status line); the output dir is None when it cannot run."""
+    """(YAML, command, output dir, status line); the output dir is None when it cannot run.
+    What is validated is the YAML text itself, as `tuneforge train` will read it."""
     lang = values["lang"]
     try:
         config_text, command, output_dir = planned_run(values, saves)
     except UserError as error:
         return "", "", None, text(lang, "msg_invalid", error=describe(error, lang))
     try:
-        validate(train_keys(values, saves))
+        validate_yaml(config_text)
     except UserError as error:
         return config_text, command, None, text(lang, "msg_invalid", error=describe(error, lang))
     return config_text, command, output_dir, text(lang, "msg_valid")
@@ -67,7 +71,10 @@ def build_train_tab(page: Page, saves: Saves, registry: JobRegistry, timer: Any)
             page.fields(panel.rows)
     with gr.Row():
         page.field("output_dir", scale=2)
+        page.field("output_path", scale=2)
+    with gr.Row():
         page.field("args_path", scale=2)
+        page.field("args_outside")
         page.button("save_args_btn")
         page.button("load_args_btn")
     with gr.Row():
@@ -172,13 +179,17 @@ def _wire_argument_sets(page: Page, saves: Saves, names: list[str], inputs: set[
     gr = import_gradio()
     loadable = restorable_fields()
 
+    def args_file(values: dict[str, Any], default: str = "") -> Path:
+        typed = str(values.get("args_path") or "").strip() or default
+        return saves.args_path(typed, allow_outside=bool(values.get("args_outside")))
+
     def save(data: dict[Any, Any]) -> str:
         values = page.values(data)
         lang = values["lang"]
         try:
+            path = args_file(values, timestamped(KIND))
             config_text, _, _ = planned_run(values, saves)
-            path = saves.args_path(values["args_path"] or timestamped(KIND))
-            check_folder(path.parent).mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(config_text, encoding="utf-8")
         except (UserError, OSError) as error:
             return text(lang, "msg_invalid", error=describe(error, lang))
@@ -190,8 +201,8 @@ def _wire_argument_sets(page: Page, saves: Saves, names: list[str], inputs: set[
         values = page.values(data)
         lang = values["lang"]
         try:
-            path = check_existing(saves.args_path(values["args_path"]), "what_args")
-            loaded = values_from_keys(read_config_file(path))
+            path = check_existing(args_file(values), "what_args")
+            loaded = values_from_keys(read_config_file(path), saves)
         except UserError as error:
             status = text(lang, "msg_invalid", error=describe(error, lang))
             return [gr.skip() for _ in loadable] + [status]
