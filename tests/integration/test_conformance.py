@@ -141,7 +141,7 @@ def product_model(folder: Path, output: Path, method: str):
     training = effective_training_arguments(config)
     model = load_model(config.model, tokenizer, (), training=training, cutoff_len=128)
     if method == "lora":
-        model = apply_lora(model, config.finetuning, None)
+        model = apply_lora(model, config.finetuning, config.model)
         torch.manual_seed(2)
         with torch.no_grad():
             for name, parameter in model.named_parameters():

@@ -137,7 +137,8 @@ def test_evaluation_loss_carries_the_router_loss_as_training_does():
     model = tiny_moe("qwen2_moe", 0.5).eval()
     inputs = batch()
     tokens, router, trained = reference(model, inputs, "qwen2_moe")
-    owner = SimpleNamespace(metric_names=("accuracy", "aux_loss"))
+    args = SimpleNamespace(label_smoothing_factor=0.0)
+    owner = SimpleNamespace(metric_names=("accuracy", "aux_loss"), args=args)
     with torch.no_grad():
         loss, metrics = Trainer.evaluation_loss_and_metrics(owner, model, inputs)
     torch.testing.assert_close(loss, tokens / trained + 0.5 * router, rtol=1e-5, atol=1e-6)

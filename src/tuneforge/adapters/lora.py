@@ -19,7 +19,7 @@ from tuneforge.utils.hub import looks_like_path
 logger = logging.getLogger("tuneforge")
 
 
-def lora_config(finetuning: Any, model: Any) -> Any:
+def lora_config(finetuning: Any, model: Any, resize_vocab: bool = False) -> Any:
     from peft import LoraConfig, TaskType
 
     targets = finetuning.lora_target
@@ -31,10 +31,22 @@ def lora_config(finetuning: Any, model: Any) -> Any:
         target_modules=(
             all_linear_targets(model) if targets == ["all"] else _checked_targets(model, targets)
         ),
-        modules_to_save=finetuning.additional_target,
+        modules_to_save=finetuning.additional_target or _resized_embeddings(model, resize_vocab),
         use_rslora=finetuning.use_rslora,
         use_dora=finetuning.use_dora,
     )
+
+
+def _resized_embeddings(model: Any, resize_vocab: bool) -> list[str] | None:
+    """With `resize_vocab`, the embedding and output layers train in full beside the adapters
+    (LLaMA-Factory's rule, unless `additional_target` names other modules): the new tokens'
+    rows would otherwise stay at their random start."""
+    if not resize_vocab:
+        return None
+    layers = [model.get_input_embeddings(), model.get_output_embeddings()]
+    names = sorted({name.rpartition(".")[2] for name, m in model.named_modules() if m in layers})
+    logger.info("resize_vocab: %s train in full beside the LoRA adapters.", ", ".join(names))
+    return names
 
 
 def _checked_targets(model: Any, targets: list[str]) -> list[str]:
@@ -52,18 +64,21 @@ def _checked_targets(model: Any, targets: list[str]) -> list[str]:
     return targets
 
 
-def apply_lora(model: Any, finetuning: Any, adapters: list[str] | None) -> Any:
+def apply_lora(model: Any, finetuning: Any, model_config: Any) -> Any:
+    """`model` with LoRA adapters: the config's `adapter_name_or_path` merged or continued (in
+    `adapter_folder` of each), else new ones (see the module docstring)."""
     from peft import get_peft_model
 
-    adapters = list(adapters or [])
+    adapters = list(model_config.adapter_name_or_path or [])
+    folder = model_config.adapter_folder
     resume = None if finetuning.create_new_adapter or not adapters else adapters.pop()
     for path in adapters:
-        model = load_adapter(model, path).merge_and_unload()
+        model = load_adapter(model, path, subfolder=folder).merge_and_unload()
         logger.info("Merged adapter %s into the base weights.", path)
     if resume is not None:
         logger.info("Loaded adapter %s; training goes on from it.", resume)
-        return load_adapter(model, resume, trainable=True)
-    config = lora_config(finetuning, model)
+        return load_adapter(model, resume, trainable=True, subfolder=folder)
+    config = lora_config(finetuning, model, model_config.resize_vocab)
     wanted = _targeted_layers(model, config.target_modules)
     adapted = get_peft_model(model, config)
     _warn_of_dropped_targets(adapted, wanted)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.config.finetuning import uses_reference
-from tuneforge.errors import ConfigError, NotAvailableError
+from tuneforge.errors import ConfigError, NotAvailableError, UserError
 
 if TYPE_CHECKING:
     from tuneforge.config.loader import Config
@@ -31,8 +31,20 @@ def check(function: Callable[[Config], None]) -> Callable[[Config], None]:
 
 
 def run_checks(config: Config) -> None:
+    """Runs every rule and raises one error naming every problem found (a rule that cannot
+    run on a config already found bad is skipped by the problem it would repeat)."""
+    from tuneforge.config.loader import config_problems
+
+    problems: list[UserError] = []
     for rule in CHECKS:
-        rule(config)
+        try:
+            rule(config)
+        except UserError as error:
+            problems.append(error)
+    if len(problems) == 1:
+        raise problems[0]
+    if problems:
+        raise config_problems([str(problem) for problem in problems])
 
 
 @check
@@ -363,4 +375,91 @@ def check_deepspeed(value: str | dict[str, Any] | None) -> None:
         raise ConfigError(
             f"`deepspeed: {value}` needs the DeepSpeed package, which is not installed: "
             "pip install 'tuneforge[deepspeed]' (DeepSpeed trains on CUDA GPUs)."
+        )
+
+
+# transformers' keys whose transformers consumer tuneforge's own code replaces
+_REPLACED_TRANSFORMERS_KEYS = {
+    "generation_max_length": "tuneforge's predictions read `max_new_tokens` (as LLaMA-Factory's"
+    " generating keys do)",
+    "generation_num_beams": "tuneforge's predictions read `num_beams`",
+    "generation_config": "tuneforge's predictions read the generation keys (`max_new_tokens`,"
+    " `num_beams`, `temperature` ...) and the model's own generation_config.json",
+    "include_for_metrics": "tuneforge computes its metrics itself",
+    "eval_do_concat_batches": "tuneforge computes its metrics itself",
+    "batch_eval_metrics": "tuneforge computes its metrics itself",
+}
+
+
+@check
+def replaced_transformers_keys(config: Config) -> None:
+    defaults = _transformers_defaults()
+    for name, why in _REPLACED_TRANSFORMERS_KEYS.items():
+        if name in config.training and config.training[name] != defaults.get(name):
+            raise ConfigError(f"`{name}` has no effect in tuneforge: {why}. Remove it.")
+
+
+def _transformers_defaults() -> dict[str, Any]:
+    import dataclasses
+
+    from transformers import Seq2SeqTrainingArguments
+
+    return {
+        f.name: f.default
+        for f in dataclasses.fields(Seq2SeqTrainingArguments)
+        if f.default is not dataclasses.MISSING
+    }
+
+
+@check
+def label_smoothing_needs_language_modelling(config: Config) -> None:
+    if config.training.get("label_smoothing_factor") and config.finetuning.stage not in (
+        "pt",
+        "sft",
+    ):
+        raise ConfigError(
+            "`label_smoothing_factor` smooths the language-modelling loss (pt, sft); "
+            f"stage {config.finetuning.stage} has its own loss"
+            + (" (`dpo_label_smoothing` for DPO)." if config.finetuning.stage == "dpo" else ".")
+        )
+
+
+@check
+def evaluating_with_generation(config: Config) -> None:
+    training = config.training
+    if training.get("do_eval") and training.get("predict_with_generate"):
+        raise ConfigError(
+            "`do_eval` with `predict_with_generate` would evaluate nothing in tuneforge: "
+            "generation metrics (BLEU, ROUGE) come from `do_predict: true`; evaluation "
+            "computes the loss (drop `predict_with_generate` for it)."
+        )
+
+
+@check
+def keys_with_nothing_to_do(config: Config) -> None:
+    if not config.model.low_cpu_mem_usage:
+        raise ConfigError(
+            "`low_cpu_mem_usage: false` cannot be honoured: transformers 5 always loads weights "
+            "straight into place. Remove it."
+        )
+    if not config.data.ignore_pad_token_for_loss:
+        raise ConfigError(
+            "`ignore_pad_token_for_loss: false` cannot be honoured: tuneforge's batches hold no "
+            "padding (examples are packed back to back), so there is no pad token to train. "
+            "Remove it."
+        )
+
+
+@check
+def early_stopping_needs_the_best_model(config: Config) -> None:
+    if config.finetuning.early_stopping_steps is None:
+        return
+    training = config.training
+    if config.finetuning.early_stopping_steps < 1:
+        raise ConfigError("`early_stopping_steps` counts evaluations: give 1 or more.")
+    if not training.get("load_best_model_at_end"):
+        raise ConfigError(
+            "`early_stopping_steps` needs `load_best_model_at_end: true` (and an evaluation: "
+            "`eval_strategy: steps` with `eval_steps`, and `val_size` or `eval_dataset`), as "
+            "transformers' EarlyStoppingCallback does."
         )

@@ -31,7 +31,9 @@ class DataConfig:
     eval_num_beams: int | None = key(None, "num_beams for evaluation generation")
     ignore_pad_token_for_loss: bool = key(True, "pad tokens are never trained")
     val_size: float = key(0.0, "validation split: a fraction (<1) or a count (>=1)")
-    eval_on_each_dataset: bool = key(False, "evaluate each eval dataset separately")
+    eval_on_each_dataset: bool = key(
+        False, "evaluate each eval dataset separately", not_yet="one evaluation per eval dataset"
+    )
     packing: bool | None = key(None, "pack examples into cutoff_len bins")
     neat_packing: bool = key(False, "packed examples never attend to each other")
     tool_format: str | None = key(None, "tool-call format, overriding the template's")

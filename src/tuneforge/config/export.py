@@ -7,6 +7,8 @@ from typing import Literal
 
 from tuneforge.config.base import key
 
+EVAL = "`tuneforge eval` (benchmarks)"
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -23,12 +25,12 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class EvaluationConfig:
-    task: str | None = key(None, "benchmark task, e.g. mmlu_test")
-    task_dir: str = key("evaluation", "folder of the benchmark datasets")
-    batch_size: int = key(4, "evaluation batch size")
-    lang: Literal["en", "zh"] = key("en", "prompt language")
-    n_shot: int = key(5, "few-shot examples")
-    save_dir: str | None = key(None, "where results are saved (must not exist)")
+    task: str | None = key(None, "benchmark task, e.g. mmlu_test", not_yet=EVAL)
+    task_dir: str = key("evaluation", "folder of the benchmark datasets", not_yet=EVAL)
+    batch_size: int = key(4, "evaluation batch size", not_yet=EVAL)
+    lang: Literal["en", "zh"] = key("en", "prompt language", not_yet=EVAL)
+    n_shot: int = key(5, "few-shot examples", not_yet=EVAL)
+    save_dir: str | None = key(None, "where results are saved (must not exist)", not_yet=EVAL)
     download_mode: Literal[
         "reuse_dataset_if_exists", "reuse_cache_if_exists", "force_redownload"
-    ] = key("reuse_dataset_if_exists", "datasets download mode")
+    ] = key("reuse_dataset_if_exists", "datasets download mode", not_yet=EVAL)

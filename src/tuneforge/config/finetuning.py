@@ -34,8 +34,12 @@ class FinetuningConfig:
     asft_alpha: float = key(0.1, "ASFT weight power", not_yet="the ASFT loss")
     use_eaft_loss: bool = key(False, "EAFT loss for sft", not_yet="the EAFT loss")
     eaft_alpha: float = key(1.0, "EAFT weight power", not_yet="the EAFT loss")
-    freeze_vision_tower: bool = key(True, "freeze the vision tower (multimodal)")
-    freeze_multi_modal_projector: bool = key(True, "freeze the projector (multimodal)")
+    freeze_vision_tower: bool = key(
+        True, "freeze the vision tower (multimodal)", not_yet="multimodal models"
+    )
+    freeze_multi_modal_projector: bool = key(
+        True, "freeze the projector (multimodal)", not_yet="multimodal models"
+    )
     freeze_language_model: bool = key(
         False, "freeze the language model (multimodal)", not_yet="multimodal models"
     )
@@ -59,7 +63,7 @@ class FinetuningConfig:
     use_rslora: bool = key(False, "rank-stabilised LoRA scaling")
     use_dora: bool = key(False, "weight-decomposed LoRA (DoRA)")
     pissa_init: bool = key(False, "PiSSA initialisation", not_yet="PiSSA")
-    pissa_iter: int = key(16, "PiSSA iterations")
+    pissa_iter: int = key(16, "PiSSA iterations", not_yet="PiSSA")
     pissa_convert: bool = key(False, "convert PiSSA to LoRA", not_yet="PiSSA")
     create_new_adapter: bool = key(False, "a new adapter on top of loaded ones")
     # oft

@@ -146,13 +146,17 @@ def build_config(
     raw = _translate_legacy(raw, origins, source)
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     training: dict[str, Any] = {}
+    problems: list[str] = []  # every bad key at once: each retry costs a full start-up
     for name, value in raw.items():
         where = origins.get(name, f"in {source}")
         try:
             section, coerced = _place(name, value)
         except ConfigError as error:
-            raise ConfigError(f"{error} (set {where})") from None
+            problems.append(f"{error} (set {where})")
+            continue
         (training if section == "training" else values[section])[name] = coerced
+    if problems:
+        raise config_problems(problems)
     _resolve_defaults(values)
     try:
         sections = {name: SECTIONS[name](**values[name]) for name in SECTIONS}
@@ -161,6 +165,14 @@ def build_config(
     config = Config(**sections, training=training, source=source)
     run_checks(config)
     return config
+
+
+def config_problems(problems: list[str]) -> ConfigError:
+    """One error for one problem; for several, one error that lists them all."""
+    if len(problems) == 1:
+        return ConfigError(problems[0])
+    listed = "\n".join(f"  - {problem}" for problem in problems)
+    return ConfigError(f"{len(problems)} problems in the config:\n{listed}")
 
 
 def _translate_legacy(

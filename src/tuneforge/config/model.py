@@ -43,7 +43,9 @@ class ModelConfig:
         None, "mixture-of-depths", not_yet="mixture-of-depths"
     )
     use_unsloth: bool = key(False, "use Unsloth's patched models (needs unsloth)")
-    use_unsloth_gc: bool = key(False, "Unsloth's gradient checkpointing")
+    use_unsloth_gc: bool = key(
+        False, "Unsloth's gradient checkpointing", not_yet="Unsloth's offloaded checkpointing"
+    )
     enable_liger_kernel: bool = key(False, "Liger fused kernels (needs liger-kernel)")
     moe_aux_loss_coef: float | None = key(
         None,
@@ -60,7 +62,7 @@ class ModelConfig:
     upcast_lmhead_output: bool = key(False, "lm_head output in fp32")
     train_from_scratch: bool = key(False, "random weights instead of the checkpoint's")
     infer_backend: Literal["huggingface", "vllm", "sglang"] = key("huggingface", "inference engine")
-    offload_folder: str = key("offload", "folder for offloaded weights")
+    offload_folder: str = key("offload", "folder for weights offloaded by device_map auto")
     use_kv_cache: bool = key(True, "KV cache during generation")
     use_v1_kernels: bool | None = key(
         False, "LLaMA-Factory v1 kernels", not_yet="LLaMA-Factory's v1 kernels"

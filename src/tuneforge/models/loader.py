@@ -253,12 +253,12 @@ def quantization_kwargs(model: ModelConfig, dtype: torch.dtype, training: bool) 
             f"`quantization_method: {model.quantization_method}` is not available yet; "
             "on-the-fly quantization uses bitsandbytes (`quantization_method: bnb`)."
         )
+    if device_type() != "cuda":  # first: installing bitsandbytes would not help here
+        raise ConfigError(f"`quantization_bit: {bits}` (bitsandbytes) needs a CUDA GPU.")
     if importlib.util.find_spec("bitsandbytes") is None:
         raise NotAvailableError(
             f"`quantization_bit: {bits}` needs bitsandbytes: pip install 'tuneforge[qlora]'."
         )
-    if device_type() != "cuda":
-        raise ConfigError(f"`quantization_bit: {bits}` (bitsandbytes) needs a CUDA GPU.")
     from transformers import BitsAndBytesConfig
 
     if bits == 8:
@@ -274,7 +274,10 @@ def quantization_kwargs(model: ModelConfig, dtype: torch.dtype, training: bool) 
     device_map: str | dict[str, int] = "auto"
     if model.quantization_device_map != "auto" or training:
         device_map = {"": torch.cuda.current_device()}
-    return {"quantization_config": quantization, "device_map": device_map}
+    kwargs = {"quantization_config": quantization, "device_map": device_map}
+    if device_map == "auto":  # layers that fit nowhere else go to disk, as in LLaMA-Factory
+        kwargs["offload_folder"] = model.offload_folder
+    return kwargs
 
 
 def _check_accelerations(model: ModelConfig, training: TrainingArguments | None) -> bool:
@@ -304,7 +307,9 @@ def apply_liger_kernel(loaded: Any) -> None:
 
 
 def _fit_vocabulary(loaded: Any, tokenizer: Any, resize_vocab: bool) -> None:
-    embeddings = loaded.get_input_embeddings().weight.shape[0]
+    weight = loaded.get_input_embeddings().weight
+    # under ZeRO-3 the weight is an empty placeholder; its real shape is kept beside it
+    embeddings = getattr(weight, "ds_shape", weight.shape)[0]
     if len(tokenizer) > embeddings:
         if not resize_vocab:
             logger.info(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.stages.runner import (
@@ -11,6 +13,8 @@ from tuneforge.stages.runner import (
     train_and_evaluate,
 )
 from tuneforge.training.collate import PaddingFreeCollator, pack_dataset
+
+logger = logging.getLogger("tuneforge")
 
 if TYPE_CHECKING:
     from tuneforge.config.loader import Config
@@ -22,6 +26,11 @@ def train_language_model(config: Config) -> int:
     train_set = data.train
     if config.data.packing and train_set is not None:
         train_set = pack_dataset(train_set, config.data.cutoff_len)
+        if not config.data.neat_packing:
+            logger.info(
+                "packing: packed examples never attend to each other in tuneforge "
+                "(LLaMA-Factory's neat_packing, always on)."
+            )
     model = load_trainable_model(config, run)
 
     from tuneforge.training.trainer import Trainer
@@ -49,7 +58,10 @@ def _predict(trainer: Any, run: Any) -> int:
         return 0
     from tuneforge.training.predict import predict
 
-    scores = predict(trainer, run.data.eval, run.tokenizer, run.config.generation)
+    generation = run.config.generation
+    if run.config.data.eval_num_beams is not None:  # LLaMA-Factory's beams for evaluation
+        generation = dataclasses.replace(generation, num_beams=run.config.data.eval_num_beams)
+    scores = predict(trainer, run.data.eval, run.tokenizer, generation)
     metrics = {f"predict_{name}": value for name, value in scores.items()}  # LF's names
     trainer.log_metrics("predict", metrics)
     trainer.save_metrics("predict", metrics)
@@ -60,7 +72,11 @@ def pass_tokens(config: Config, model: Any) -> int | None:
     """Without gradient checkpointing, every activation of a pass is kept for backward, so
     a batch goes through in passes of at most cutoff_len tokens: the peak memory of one long
     example, whatever the batch size. With checkpointing, one pass (its kept activations are
-    small)."""
+    small); under DeepSpeed, one pass (see below)."""
     if model.is_activation_checkpointing:
+        return None
+    if config.training.get("deepspeed"):
+        # DeepSpeed's engine steps after every backward it sees (accelerate's no_sync does
+        # not hold it back), so a batch in several passes would take several optimizer steps
         return None
     return config.data.cutoff_len

@@ -30,6 +30,7 @@ from tuneforge.training.memory import (
     fix_mmap_threshold,
 )
 from tuneforge.training.summary import SummaryCallback
+from tuneforge.training.zero3 import set_moe_leaf_modules
 
 if TYPE_CHECKING:
     from tuneforge.config.loader import Config
@@ -74,6 +75,8 @@ def prepare_run(config: Config) -> PreparedRun:
 
 def load_trainable_model(config: Config, run: PreparedRun) -> Any:
     """The model with its finetuning method applied; writes resolved.yaml."""
+    from transformers import set_seed
+
     model = load_model(
         config.model,
         run.tokenizer,
@@ -81,9 +84,9 @@ def load_trainable_model(config: Config, run: PreparedRun) -> Any:
         training=run.args,
         cutoff_len=config.data.cutoff_len,
     )
-    model = apply_method(
-        model, config.finetuning, config.model.adapter_name_or_path, config.finetuning.pure_bf16
-    )
+    set_moe_leaf_modules(model)  # under ZeRO-3, before the engine wraps the model
+    set_seed(run.args.seed)  # a new adapter's init draws from the seed, not from the load's RNG
+    model = apply_method(model, config.finetuning, config.model)
     if run.args.should_save:
         write_resolved(config, run.args.output_dir, run.args.to_dict())
     return model
@@ -113,7 +116,18 @@ def standard_callbacks(
         callbacks.append(ContiguousTrainingState())
     if config.finetuning.plot_loss:
         callbacks.append(LossPlotCallback(run.args.output_dir, ("loss", "eval_loss", *plot_keys)))
+    if config.finetuning.early_stopping_steps is not None:
+        from transformers import EarlyStoppingCallback
+
+        patience = config.finetuning.early_stopping_steps
+        callbacks.append(EarlyStoppingCallback(early_stopping_patience=patience))
     return callbacks
+
+
+def effective_tokens_per_second(tokens: int, runtime: float, args: Any) -> float:
+    """Trained tokens (every process's: padding-free batches hold no padding) per second and
+    per process, LLaMA-Factory's `effective_tokens_per_sec`."""
+    return tokens / max(runtime, 1e-9) / max(args.world_size, 1)
 
 
 def train_and_evaluate(trainer: Any, run: PreparedRun) -> int:
@@ -136,6 +150,10 @@ def train_and_evaluate(trainer: Any, run: PreparedRun) -> int:
             return EXIT_INTERRUPTED
         trainer.save_model()
         trainer.save_state()
+        if run.config.finetuning.include_effective_tokens_per_second:
+            result.metrics["effective_tokens_per_sec"] = effective_tokens_per_second(
+                trainer.state.num_input_tokens_seen, result.metrics["train_runtime"], args
+            )
         trainer.log_metrics("train", result.metrics)
         trainer.save_metrics("train", result.metrics)
     if args.do_eval and trainer.eval_dataset is not None:

@@ -14,8 +14,16 @@ import torch
 import torch.nn.functional as F
 
 from tuneforge.data.batch import PaddingFreeBatch
-from tuneforge.models.value_head import load_value_head, sequence_scores
+from tuneforge.models.value_head import (
+    BIAS_KEY,
+    WEIGHT_KEY,
+    ValueHead,
+    load_value_head,
+    save_value_head,
+    sequence_scores,
+)
 from tuneforge.training.trainer import Metrics, MetricTotals, Trainer
+from tuneforge.training.zero3 import retied
 
 REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 
@@ -46,6 +54,9 @@ class ValueHeadSaving(Trainer):
     model's own files (adapter or full weights) plus value_head.safetensors."""
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """`state_dict`, when transformers passes one, holds the weights to write: under
+        DeepSpeed ZeRO-3 the modules hold empty placeholders and only this dict, gathered
+        from every rank, has the trained values."""
         from transformers.trainer import TRAINING_ARGS_NAME
 
         output_dir = output_dir if output_dir is not None else self.args.output_dir
@@ -53,7 +64,11 @@ class ValueHeadSaving(Trainer):
             return
         assert output_dir is not None  # effective_training_arguments requires one
         os.makedirs(output_dir, exist_ok=True)
-        self.accelerator.unwrap_model(self.model).save_pretrained(output_dir)
+        wrapper = self.accelerator.unwrap_model(self.model)
+        if state_dict is None:
+            wrapper.save_pretrained(output_dir)
+        else:
+            save_with_value_head(wrapper, retied(wrapper, state_dict), output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
@@ -64,6 +79,30 @@ class ValueHeadSaving(Trainer):
         head = load_value_head(resume_from_checkpoint)
         if head is not None:
             wrapper.v_head.load_state_dict(head.state_dict())
+
+
+def save_with_value_head(wrapper: Any, state_dict: dict[str, Any], folder: str) -> None:
+    """A ModelWithValueHead's files from its full state dict (names as `wrapper.state_dict()`
+    gives them): the language model's own files (adapter or full weights) from the
+    `pretrained_model.` part, value_head.safetensors from the `v_head.` part."""
+    prefix = "pretrained_model."
+    model_state = {k[len(prefix) :]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    unknown = sorted(k for k in state_dict if not k.startswith((prefix, "v_head.")))
+    missing = sorted({WEIGHT_KEY, BIAS_KEY} - state_dict.keys())
+    if unknown or missing:  # not a ValueError: transformers reads that as "not gathered"
+        raise RuntimeError(
+            f"the state dict to save is not a ModelWithValueHead's: {unknown or missing}"
+        )
+    language_model = wrapper.pretrained_model
+    kwargs: dict[str, Any] = {"state_dict": model_state}
+    if hasattr(language_model, "peft_config"):  # as ModelWithValueHead.save_pretrained
+        kwargs["selected_adapters"] = [language_model.active_adapter]
+    language_model.save_pretrained(folder, **kwargs)
+    weight = state_dict[WEIGHT_KEY]
+    head = ValueHead(weight.shape[-1])
+    head.summary.weight.data = weight.detach().reshape(1, -1)
+    head.summary.bias.data = state_dict[BIAS_KEY].detach().reshape(1)
+    save_value_head(head, folder)
 
 
 class RewardTrainer(ValueHeadSaving):

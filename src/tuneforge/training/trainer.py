@@ -19,6 +19,7 @@ from transformers import Trainer as HFTrainer
 from tuneforge.data.batch import PaddingFreeBatch
 from tuneforge.training.loss import language_model_loss_terms, router_loss_coefficient
 from tuneforge.training.optimizers import loraplus_groups
+from tuneforge.training.zero3 import retied
 
 Metrics = dict[str, torch.Tensor]
 
@@ -134,6 +135,11 @@ class Trainer(HFTrainer):
 
     def _prepare_inputs(self, inputs: PaddingFreeBatch) -> PaddingFreeBatch:  # type: ignore[override]
         return inputs.to(self.args.device)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        if state_dict is not None:  # DeepSpeed's copies: tied weights one tensor again
+            state_dict = retied(self.accelerator.unwrap_model(self.model), state_dict)
+        super()._save(output_dir, state_dict)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         self._examples_seen += self.examples_in(inputs)
