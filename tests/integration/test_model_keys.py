@@ -107,3 +107,34 @@ def test_early_stopping_steps_stop_a_run_that_does_not_improve(tiny_model_dir, t
     assert state["global_step"] == 2  # the second evaluation did not improve on the first
     metrics = json.loads((out / "train_results.json").read_text())
     assert metrics["effective_tokens_per_sec"] > 0
+
+
+def test_prediction_shows_progress_with_a_rate(tiny_model_dir, tmp_path, capfd):
+    """Generating for every evaluation prompt can take minutes: a bar counts the examples,
+    with a rate and the time left (LLaMA-Factory runs printed nothing for 399 s)."""
+    from tuneforge.stages import run_stage
+
+    out = tmp_path / "out"
+    keys = {
+        "do_train": False,
+        "do_predict": True,
+        "predict_with_generate": True,
+        "val_size": 3,
+        "max_new_tokens": 2,
+        "eval_num_beams": 2,
+        "per_device_eval_batch_size": 2,
+    }
+    assert run_stage(training_config(tiny_model_dir, out, **keys)) == 0
+    err = capfd.readouterr().err
+    assert "Predicting" in err and "3/3" in err and "example/s" in err
+    assert len((out / "generated_predictions.jsonl").read_text().splitlines()) == 3
+
+
+def test_progress_bars_can_be_turned_off(monkeypatch, capsys):
+    from tuneforge.utils.progress import progress_bar
+
+    monkeypatch.setenv("TUNEFORGE_NO_PROGRESS", "1")
+    bar = progress_bar(2, "Encoding", "example")
+    bar.update(2)
+    bar.close()
+    assert "Encoding" not in capsys.readouterr().err

@@ -100,7 +100,8 @@ def merge_adapter(
         with peft_model.disable_adapter():
             base = _logits(peft_model, probe)
         try:
-            merged = peft_model.merge_and_unload(safe_merge=True)  # safe: refuses NaNs
+            # safe: refuses NaNs; peft's own bar shows the layers merged, at a rate
+            merged = peft_model.merge_and_unload(safe_merge=True, progressbar=True)
         except (ValueError, RuntimeError) as error:
             raise ModelError(f"merging the adapter at {path} failed: {error}") from None
         unchanged = [e.module for e in expectations if not _changed(merged, e)]

@@ -10,6 +10,8 @@ from typing import Any
 
 import torch
 
+from tuneforge.utils.progress import progress_bar
+
 logger = logging.getLogger("tuneforge")
 PREDICTIONS_FILE = "generated_predictions.jsonl"
 
@@ -64,9 +66,11 @@ def predict(trainer: Any, dataset: Any, tokenizer: Any, generation: Any) -> dict
     stop_ids = model.generation_config.eos_token_id
     size = args.per_device_eval_batch_size
     records = []
+    bar = progress_bar(len(dataset), "Predicting", "example", disable=args.disable_tqdm)
     for start in range(0, len(dataset), size):
         rows = dataset[start : start + size]
         outputs = generate_batch(model, tokenizer, rows["input_ids"], kwargs)
+        bar.update(len(outputs))
         for prompt, label, output in zip(rows["input_ids"], rows["label_ids"], outputs):
             output = _until_stop(output, stop_ids, tokenizer.pad_token_id)
             skip = generation.skip_special_tokens
@@ -77,6 +81,7 @@ def predict(trainer: Any, dataset: Any, tokenizer: Any, generation: Any) -> dict
                     "label": tokenizer.decode(label, skip_special_tokens=skip),
                 }
             )
+    bar.close()
     path = Path(args.output_dir) / PREDICTIONS_FILE
     with path.open("w", encoding="utf-8") as handle:
         for record in records:
