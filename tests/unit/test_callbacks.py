@@ -25,12 +25,15 @@ from transformers import (
 )
 
 from tuneforge.training.callbacks import (
+    LOG_EXTENT,
     TRAINER_LOG,
     JsonlLogCallback,
     LossPlotCallback,
     StopOnSignalCallback,
+    cut_trainer_log,
     ema_smooth,
     plot_loss,
+    write_log_extent,
 )
 from tuneforge.training.checkpoints import CheckpointCompleteCallback, find_resumable_checkpoint
 
@@ -117,7 +120,7 @@ def read_log(output_dir: Path) -> list[dict]:
 # ---- trainer_log.jsonl ----
 
 
-def test_trainer_log_one_line_per_step_then_resume_appends(tmp_path):
+def test_trainer_log_one_line_per_step_then_resume_cuts_and_appends(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / TRAINER_LOG).write_text('{"current_steps": 99}\n')  # an earlier run's line
@@ -145,6 +148,8 @@ def test_trainer_log_one_line_per_step_then_resume_appends(tmp_path):
     all_steps = [r["current_steps"] for r in records]
     assert all_steps == sorted(all_steps)  # appended, never rewritten
     assert [r["current_steps"] for r in records if "loss" in r] == [1, 2, 3, 4, 5, 6]
+    # the stopped session's summary, logged after checkpoint-3 was saved, was cut on resume
+    assert [r["current_steps"] for r in records if "train_loss" in r] == [6]
     assert records[-1]["percentage"] == 100
     assert records[-1]["total_tokens"] == 6 * BATCH * SEQ_LEN
     # the Trainer's closing summary passes through unchanged
@@ -160,6 +165,102 @@ def test_trainer_log_keeps_other_numeric_keys_and_lf_aliases(tmp_path):
     assert record["rewards/chosen"] == 0.25 and record["accuracy"] == 0.5
     assert record["lr"] == 1e-3 and "learning_rate" not in record
     assert "throughput" not in record and "total_tokens" not in record  # tokens not counted
+
+
+def test_resume_cuts_the_log_to_the_checkpoint_eval_lines_included(tmp_path):
+    straight = tmp_path / "straight"
+    make_trainer(straight, 4, [JsonlLogCallback(straight)], save_steps=2, eval_steps=2).train()
+    expected = read_log(straight)
+    assert [(r["current_steps"], "eval_loss" in r) for r in expected[:3]] == [
+        (1, False),
+        (2, False),
+        (2, True),  # logged before checkpoint-2 is saved: kept
+    ]
+    extent = json.loads((straight / "checkpoint-2" / LOG_EXTENT).read_text())
+    head = "".join(line + "\n" for line in (straight / TRAINER_LOG).read_text().splitlines()[:3])
+    assert extent["global_step"] == 2 and extent["lines"] == 3
+    assert extent["bytes"] == len(head.encode())
+
+    # as if killed at step 4: the log runs past checkpoint-2, with a torn last line
+    with (straight / TRAINER_LOG).open("a") as f:
+        f.write('{"current_steps": 5, "tot')
+    resumed = make_trainer(straight, 4, [JsonlLogCallback(straight)], save_steps=2, eval_steps=2)
+    resumed.train(resume_from_checkpoint=str(straight / "checkpoint-2"))
+    records = read_log(straight)
+    assert [r["current_steps"] for r in records] == [r["current_steps"] for r in expected]
+    assert [r.keys() - {"throughput"} for r in records] == [
+        r.keys() - {"throughput"} for r in expected
+    ]
+    for got, want in zip(records, expected):
+        for key in {"loss", "eval_loss"} & want.keys():
+            assert got[key] == pytest.approx(want[key], rel=1e-5)
+
+
+def lines(*records: dict | str) -> bytes:
+    return "".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records).encode()
+
+
+def steps(*numbers: int) -> list[dict]:
+    return [{"current_steps": n, "loss": 1.0 / n} for n in numbers]
+
+
+def test_cut_keeps_what_the_checkpoint_recorded(tmp_path):
+    checkpoint = tmp_path / "checkpoint-4"
+    checkpoint.mkdir()
+    log = tmp_path / TRAINER_LOG
+    log.write_bytes(lines(*steps(1, 2, 3, 4)))
+    write_log_extent(checkpoint, log, 4)
+    kept = log.read_bytes()
+    # after the save: a summary line of the same step, the next step, a torn line
+    log.write_bytes(kept + lines({"current_steps": 4, "train_runtime": 1.0}, *steps(5)) + b'{"cu')
+    assert cut_trainer_log(tmp_path, 4) > 0
+    assert log.read_bytes() == kept  # the step-4 summary went too: the step alone can't tell
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-4", TRAINER_LOG]  # no temp
+    assert cut_trainer_log(tmp_path, 4) == 0  # already there
+
+
+def test_cut_without_a_record_stops_before_the_first_later_step(tmp_path):
+    # a checkpoint of LLaMA-Factory or an older tuneforge: no LOG_EXTENT in it
+    (tmp_path / "checkpoint-2").mkdir()
+    log = tmp_path / TRAINER_LOG
+    log.write_bytes(lines(*steps(1), "not json", *steps(2), {"note": "no step"}, *steps(3, 4)))
+    cut_trainer_log(tmp_path, 2)
+    assert log.read_bytes() == lines(*steps(1), "not json", *steps(2), {"note": "no step"})
+
+
+def test_cut_drops_a_torn_last_line(tmp_path):
+    log = tmp_path / TRAINER_LOG
+    log.write_bytes(lines(*steps(1, 2, 3)) + b'{"current_steps": 4, "lo')  # killed mid-write
+    cut_trainer_log(tmp_path, 6)  # nothing past step 6, no checkpoint folder at all
+    assert log.read_bytes() == lines(*steps(1, 2, 3))
+
+
+@pytest.mark.parametrize("damage", ["rewritten", "shorter", "other step", "unreadable"])
+def test_cut_falls_back_to_steps_when_the_record_does_not_fit_the_log(tmp_path, damage):
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    log = tmp_path / TRAINER_LOG
+    log.write_bytes(lines(*steps(1, 2)))
+    write_log_extent(checkpoint, log, 2)
+    if damage == "rewritten":  # same length, other bytes
+        log.write_bytes(lines(*steps(1, 2)).replace(b"0.5", b"0.7") + lines(*steps(3)))
+    elif damage == "shorter":
+        log.write_bytes(lines(*steps(1)))
+    elif damage == "other step":
+        write_log_extent(checkpoint, log, 3)
+        log.write_bytes(log.read_bytes() + lines(*steps(3)))
+    else:
+        (checkpoint / LOG_EXTENT).write_text('{"global_step": 2, "by')
+        log.write_bytes(log.read_bytes() + lines(*steps(3)))
+    before = log.read_bytes()
+    cut_trainer_log(tmp_path, 2)
+    cut = before.find(b'{"current_steps": 3')
+    assert log.read_bytes() == (before if cut == -1 else before[:cut])
+
+
+def test_cut_of_an_absent_log_writes_nothing(tmp_path):
+    assert cut_trainer_log(tmp_path, 3) == 0
+    assert not (tmp_path / TRAINER_LOG).exists()
 
 
 # ---- loss plots ----

@@ -1,4 +1,5 @@
-"""Completion markers on real Trainer checkpoints, and the rules for what a run resumes from."""
+"""Completion markers on real Trainer checkpoints, and the rules for what a run resumes from:
+marked ones, unmarked ones (LLaMA-Factory's) whose files are whole, never superseded ones."""
 
 from __future__ import annotations
 
@@ -22,8 +23,10 @@ from transformers import (
 from tuneforge.errors import ConfigError
 from tuneforge.training.checkpoints import (
     MARKER,
+    SUPERSEDED,
     CheckpointCompleteCallback,
     find_resumable_checkpoint,
+    missing_parts,
     resolve_resume,
     write_marker,
 )
@@ -78,6 +81,7 @@ def log(caplog):
     """Captures tuneforge.training.checkpoints' records even if tuneforge stops propagation."""
     logger = logging.getLogger("tuneforge.training.checkpoints")
     logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="tuneforge.training.checkpoints")
     yield caplog
     logger.removeHandler(caplog.handler)
 
@@ -118,13 +122,25 @@ def test_checkpoints_sort_by_step_number(tmp_path):
     assert find_resumable_checkpoint(tmp_path / "absent") is None
 
 
-def test_a_new_run_unmarks_the_checkpoints_it_will_overwrite(run):
+def test_a_new_run_supersedes_the_checkpoints_it_will_overwrite(run, log):
     # resuming from step 2: checkpoint-4 is re-saved later, and a crash then must not leave
-    # the old marker vouching for half-new files
+    # the old marker, or its whole-looking files, vouching for half-new ones
     args = TrainingArguments(str(run), report_to="none", use_cpu=True)
-    CheckpointCompleteCallback().on_train_begin(args, TrainerState(global_step=2), TrainerControl())
+    callback = CheckpointCompleteCallback()
+    callback.on_train_begin(args, TrainerState(global_step=2), TrainerControl())
     assert not (run / "checkpoint-4" / MARKER).exists()
+    assert (run / "checkpoint-4" / SUPERSEDED).exists()
     assert (run / "checkpoint-2" / MARKER).exists()
+    assert not missing_parts(run / "checkpoint-4")  # its files alone would pass
+    assert find_resumable_checkpoint(run) == run / "checkpoint-2"
+    assert f"Skipping {run / 'checkpoint-4'}" in log.text and SUPERSEDED in log.text
+    with pytest.raises(ConfigError, match=SUPERSEDED):
+        resolve_resume(run, str(run / "checkpoint-4"), False, True)
+
+    # saved again: the tombstone goes, the marker comes back
+    callback.on_save(args, TrainerState(global_step=4), TrainerControl())
+    assert not (run / "checkpoint-4" / SUPERSEDED).exists()
+    assert find_resumable_checkpoint(run) == run / "checkpoint-4"
 
 
 def test_explicit_path(run, log):
@@ -173,8 +189,58 @@ def test_finished_model_without_checkpoint_is_not_overwritten(tmp_path):
     assert resolve_resume(out, None, True, True) is None
 
 
-def test_unmarked_whole_checkpoints_are_not_silently_discarded(run):
+def test_unmarked_whole_checkpoints_are_resumed(run, log):
+    # LLaMA-Factory's checkpoints: transformers' files, no tuneforge marker
     for checkpoint in run.glob("checkpoint-*"):
         (checkpoint / MARKER).unlink()
-    with pytest.raises(ConfigError, match="resume_from_checkpoint: .*checkpoint-4"):
-        resolve_resume(run, None, False, True)
+    assert resolve_resume(run, None, False, True) == str(run / "checkpoint-4")
+    assert f"{run / 'checkpoint-4'} has no `{MARKER}` marker" in log.text
+    assert resolve_resume(run, True, False, True) == str(run / "checkpoint-4")
+
+
+@pytest.mark.parametrize(
+    "gone",
+    ["trainer_state.json", "model.safetensors", "optimizer.pt", "scheduler.pt", "rng_state.pth"],
+)
+def test_unmarked_checkpoint_missing_a_file_is_skipped_naming_it(run, log, gone):
+    for checkpoint in run.glob("checkpoint-*"):
+        (checkpoint / MARKER).unlink()
+    (run / "checkpoint-4" / gone).unlink()
+    assert find_resumable_checkpoint(run) == run / "checkpoint-2"
+    (line,) = {r.getMessage() for r in log.records if "Skipping" in r.getMessage()}
+    assert str(run / "checkpoint-4") in line and gone in line
+    with pytest.raises(ConfigError, match=f"checkpoint-4 is incomplete.*{gone}"):
+        resolve_resume(run, str(run / "checkpoint-4"), False, True)
+
+
+def test_unmarked_checkpoint_needs_readable_state_of_its_step_and_every_shard(run):
+    checkpoint = run / "checkpoint-4"
+    (checkpoint / MARKER).unlink()
+    state = checkpoint / "trainer_state.json"
+    text = state.read_text()
+    state.write_text(text[: len(text) // 2])  # killed while writing it
+    assert missing_parts(checkpoint) == ["readable trainer_state.json"]
+    state.write_text(json.dumps({**json.loads(text), "global_step": 2}))  # a copied folder
+    assert missing_parts(checkpoint) == ["trainer_state.json for step 4 (it says step 2)"]
+    state.write_text(text)
+    assert missing_parts(checkpoint) == []
+
+    # sharded weights: every shard the index lists must be there
+    (checkpoint / "model.safetensors").rename(checkpoint / "model-00001-of-00002.safetensors")
+    index = {
+        "weight_map": {
+            "a": "model-00001-of-00002.safetensors",
+            "b": "model-00002-of-00002.safetensors",
+        }
+    }
+    (checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
+    assert missing_parts(checkpoint) == [
+        "model-00002-of-00002.safetensors (listed in model.safetensors.index.json)"
+    ]
+    assert find_resumable_checkpoint(run) == run / "checkpoint-2"
+
+    # a distributed run's RNG states, one per rank
+    (checkpoint / "model.safetensors.index.json").unlink()
+    (checkpoint / "model-00001-of-00002.safetensors").rename(checkpoint / "model.safetensors")
+    (checkpoint / "rng_state.pth").rename(checkpoint / "rng_state_0.pth")
+    assert missing_parts(checkpoint) == []

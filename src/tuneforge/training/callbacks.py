@@ -6,9 +6,11 @@ written for its `trainer_log.jsonl` and `training_loss.png` read ours unchanged.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+import os
 import signal
 import threading
 import time
@@ -21,10 +23,14 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 logger = logging.getLogger(__name__)
 
 TRAINER_LOG = "trainer_log.jsonl"
+# In each checkpoint-N: how much of trainer_log.jsonl was written when it was saved, so that a
+# run resumed from it cuts the log back to exactly there.
+LOG_EXTENT = "tuneforge_trainer_log.json"
 # Trainer log key -> trainer_log.jsonl key, in LLaMA-Factory's order and spelling.
 _LF_KEYS = {
     "loss": "loss",
@@ -58,8 +64,12 @@ class JsonlLogCallback(TrainerCallback):
     padding-free, so every input token is an effective one ("non_padding" would drop EOS tokens
     where pad == eos).
 
-    A fresh run starts a fresh file; a resumed run (global_step > 0 at train begin) appends.
-    Each line is flushed as it is written, so a web UI can tail the file during training.
+    A fresh run starts a fresh file. A resumed run (global_step > 0 at train begin) first cuts
+    the file back to where it stood when its checkpoint was saved (`cut_trainer_log`), then
+    appends, so that every step appears once. To know where that was, each save writes
+    `checkpoint-N/tuneforge_trainer_log.json` (`LOG_EXTENT`: the log's length in bytes and lines
+    and the SHA-256 of those bytes). Each line is written with one open-append-close, so a web
+    UI can tail the file during training.
     """
 
     def __init__(self, output_dir: str | Path) -> None:
@@ -83,6 +93,19 @@ class JsonlLogCallback(TrainerCallback):
         self._start(state)
         if state.global_step == 0:
             self.path.write_text("", encoding="utf-8")  # lines of an earlier run would mislead
+        else:  # resumed: lines logged after the checkpoint are about to be logged again
+            cut_trainer_log(self.path.parent, state.global_step)
+
+    def on_save(
+        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
+    ) -> None:
+        # on_save follows the checkpoint's save (see checkpoints.py), and the log lines of this
+        # step (train, then eval) were written before it.
+        if not state.is_world_process_zero:
+            return
+        checkpoint = self.path.parent / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        if checkpoint.is_dir():  # hyper-parameter search saves under run-*/ folders
+            write_log_extent(checkpoint, self.path, state.global_step)
 
     def on_log(
         self,
@@ -128,6 +151,118 @@ class JsonlLogCallback(TrainerCallback):
             if key not in record and key != "learning_rate" and _is_number(value):
                 record[key] = value
         return record
+
+
+def write_durably(path: Path, data: bytes) -> None:
+    """Replaces `path` with `data` atomically and durably: readers see the old file or the new
+    one, whole, even after a kill or a power cut (temp file in the same folder, fsync,
+    os.replace, fsync of the folder)."""
+    tmp = path.with_name(f"{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    if os.name == "posix":  # make the new directory entry itself durable
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _whole_lines(data: bytes) -> bytes:
+    """`data` up to and including its last newline: a torn last line (a kill mid-write) is
+    left out."""
+    return data[: data.rfind(b"\n") + 1]
+
+
+def write_log_extent(checkpoint: Path, log: Path, global_step: int) -> None:
+    """Records in `checkpoint/LOG_EXTENT` how much of the training log `log` it covers."""
+    data = _whole_lines(log.read_bytes()) if log.is_file() else b""
+    extent = {
+        "global_step": global_step,
+        "bytes": len(data),
+        "lines": data.count(b"\n"),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    write_durably(checkpoint / LOG_EXTENT, json.dumps(extent).encode())
+
+
+def _extent_cut(data: bytes, checkpoint: Path, global_step: int) -> int | None:
+    """Where the checkpoint's `LOG_EXTENT` says to cut `data`, or None when it has none, or one
+    that does not describe these bytes (another step, or a log rewritten since)."""
+    try:
+        extent = json.loads((checkpoint / LOG_EXTENT).read_text(encoding="utf-8"))
+        size, digest = extent["bytes"], extent["sha256"]
+        ok = extent["global_step"] == global_step and isinstance(size, int) and size >= 0
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if not ok or size > len(data) or (size and data[size - 1 : size] != b"\n"):
+        return None
+    if hashlib.sha256(data[:size]).hexdigest() != digest:
+        return None
+    return size
+
+
+def _step_cut(data: bytes, global_step: int) -> int:
+    """The end of the last whole line before the first record whose `current_steps` is past
+    `global_step` (checkpoints without a `LOG_EXTENT`). Lines that do not parse are kept, as
+    `read_trainer_log` skips them; a torn last line is left out."""
+    start = 0
+    while (end := data.find(b"\n", start)) != -1:
+        try:
+            record = json.loads(data[start:end])
+        except ValueError:
+            record = None
+        step = record.get("current_steps") if isinstance(record, dict) else None
+        if isinstance(step, int) and step > global_step:
+            return start
+        start = end + 1
+    return start
+
+
+def cut_trainer_log(output_dir: str | Path, global_step: int) -> int:
+    """Cuts `output_dir/trainer_log.jsonl` back to where it stood at the save of step
+    `global_step`, before a run resumed from that step logs its steps again.
+
+    With `output_dir/checkpoint-<global_step>/tuneforge_trainer_log.json` (`LOG_EXTENT`), and
+    the log still starting with the bytes it describes, the log keeps exactly those bytes: every
+    line written after that save goes, eval and summary lines of that very step included.
+    Otherwise (a checkpoint of LLaMA-Factory, of an older tuneforge, or one from elsewhere) it
+    keeps the lines before the first record past `global_step`. Either way a torn last line
+    goes. The file is replaced atomically (`write_durably`).
+
+    Args:
+        output_dir: the run's output folder, holding the log and its checkpoints.
+        global_step: the step the run resumes from (its trainer_state.json's `global_step`).
+
+    Returns:
+        How many bytes were cut (0 when the log is absent or already ends there).
+    """
+    output_dir = Path(output_dir)
+    path = output_dir / TRAINER_LOG
+    if not path.is_file():
+        return 0
+    data = path.read_bytes()
+    checkpoint = output_dir / f"{PREFIX_CHECKPOINT_DIR}-{global_step}"
+    keep = _extent_cut(data, checkpoint, global_step)
+    how = f"as {checkpoint / LOG_EXTENT} records"
+    if keep is None:
+        keep = _step_cut(data, global_step)
+        how = f"at the first record past step {global_step}"
+    if keep == len(data):
+        return 0
+    write_durably(path, data[:keep])
+    logger.info(
+        "Resuming at step %d: cut %s back to %d lines (%s), dropping %d bytes logged after it.",
+        global_step,
+        path,
+        data[:keep].count(b"\n"),
+        how,
+        len(data) - keep,
+    )
+    return len(data) - keep
 
 
 def read_trainer_log(output_dir: str | Path) -> list[dict[str, Any]]:

@@ -1,9 +1,13 @@
 """Checkpoints that resuming never trips on.
 
-transformers writes `checkpoint-N/` piece by piece (weights, optimizer, scheduler, RNG, trainer
-state); a process killed mid-save leaves a partial folder that `get_last_checkpoint` would pick
-and then fail to load. We mark each checkpoint once it is fully written and resume only from
-marked ones.
+transformers writes `checkpoint-N/` piece by piece (weights, optimizer, scheduler, RNG, and
+trainer_state.json last); a process killed mid-save leaves a partial folder that
+`get_last_checkpoint` would pick and then fail to load. We mark each checkpoint once it is fully
+written (`tuneforge_complete`). A run resumes from the newest checkpoint that is marked, or,
+unmarked (LLaMA-Factory's, plain transformers', or ours killed between the save and the mark),
+that holds every file a resume reads (`missing_parts`); others are skipped, saying what they
+lack. A checkpoint that a restarted run will overwrite is tombstoned (`tuneforge_superseded`)
+until it is saved again, since its files look whole while they are half old, half new.
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from transformers import TrainerCallback, TrainerControl, TrainerState, Training
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from tuneforge.errors import ConfigError
+from tuneforge.training.callbacks import write_durably
 
 logger = logging.getLogger(__name__)
 
 MARKER = "tuneforge_complete"
+SUPERSEDED = "tuneforge_superseded"
 # Same pattern as transformers' get_last_checkpoint.
 _CHECKPOINT_RE = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 # Weight files transformers' _load_from_checkpoint accepts (full model, sharded, or adapter).
@@ -34,6 +40,11 @@ _WEIGHT_FILES = (
     "adapter_model.safetensors",
     "adapter_model.bin",
 )
+# Optimizer and scheduler states (transformers' OPTIMIZER_NAME, OPTIMIZER_NAME_BIN, SCHEDULER_NAME);
+# FSDP writes optimizer.bin, optimizer_rank*.bin or an optimizer_0/ folder.
+_OPTIMIZER_FILES = ("optimizer.pt", "optimizer.bin")
+_SCHEDULER_FILE = "scheduler.pt"
+_RNG_FILE = "rng_state.pth"  # rng_state_<rank>.pth in distributed runs
 # A model saved at the top of output_dir: a run finished there.
 _FINISHED_MODEL_FILES = (*_WEIGHT_FILES, "config.json")
 
@@ -74,18 +85,74 @@ def is_complete(checkpoint: Path) -> bool:
 
 def write_marker(checkpoint: Path, global_step: int) -> None:
     """Writes `checkpoint/tuneforge_complete` atomically and durably."""
-    tmp = checkpoint / f"{MARKER}.tmp"
-    with tmp.open("w", encoding="utf-8") as f:
-        json.dump({"global_step": global_step}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, checkpoint / MARKER)  # readers see no marker or a whole one
-    if os.name == "posix":  # make the new directory entry itself durable
-        fd = os.open(checkpoint, os.O_RDONLY)
+    # readers see no marker or a whole one
+    write_durably(checkpoint / MARKER, json.dumps({"global_step": global_step}).encode())
+
+
+def missing_parts(checkpoint: Path) -> list[str]:
+    """What a resume reads and `checkpoint` lacks (empty: its files are whole), each phrased
+    to follow "no ".
+
+    trainer_state.json (written last, so a save killed earlier has none), naming the folder's
+    step; model or adapter weights, with every shard an index lists; the optimizer and
+    scheduler states; the RNG state. DeepSpeed keeps weights, optimizer and (its own) scheduler
+    in a `global_step*` folder. Only presence is checked: a torn file is caught by the order of
+    the save, since trainer_state.json comes after all the others.
+    """
+    if not checkpoint.is_dir():
+        return ["folder"]
+    missing = []
+    try:
+        state = json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        missing.append("readable trainer_state.json")
+    else:
+        step = state.get("global_step") if isinstance(state, dict) else None
+        own = checkpoint_step(checkpoint)
+        if own is not None and step != own:  # a folder copied or renamed
+            missing.append(f"trainer_state.json for step {own} (it says step {step})")
+    names = {p.name for p in checkpoint.iterdir()}
+    deepspeed = any(n.startswith("global_step") and (checkpoint / n).is_dir() for n in names)
+    weights = [n for n in _WEIGHT_FILES if n in names]
+    if not weights and not deepspeed and not any(n.startswith("pytorch_model_fsdp") for n in names):
+        missing.append("model weights (" + " / ".join(_WEIGHT_FILES[::2]) + ")")
+    for index in (n for n in weights if n.endswith(".index.json")):
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            shards = set(
+                json.loads((checkpoint / index).read_text(encoding="utf-8"))["weight_map"].values()
+            )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            missing.append(f"readable {index}")
+            continue
+        missing += [f"{shard} (listed in {index})" for shard in sorted(shards - names)]
+    if not deepspeed and not any(n.startswith("optimizer") for n in names):
+        missing.append(" / ".join(_OPTIMIZER_FILES))
+    if not deepspeed and _SCHEDULER_FILE not in names:
+        missing.append(_SCHEDULER_FILE)
+    if _RNG_FILE not in names and not any(re.fullmatch(r"rng_state_\d+\.pth", n) for n in names):
+        missing.append(f"{_RNG_FILE} (or rng_state_<rank>.pth)")
+    return missing
+
+
+def resume_problem(checkpoint: Path) -> str | None:
+    """Why a run cannot resume from `checkpoint`, or None when it can: not superseded, and
+    marked complete or holding every file a resume reads."""
+    if (checkpoint / SUPERSEDED).exists():
+        return (
+            f"`{SUPERSEDED}`: a run that restarted from an earlier step was to save it again, "
+            "and may have stopped half-way"
+        )
+    if is_complete(checkpoint):
+        return None
+    missing = missing_parts(checkpoint)
+    return "no " + ", no ".join(missing) if missing else None
+
+
+def _supersede(checkpoint: Path, start_step: int) -> None:
+    """Tombstones a checkpoint that the run starting at `start_step` will overwrite: the
+    tombstone first, then the marker goes, so that no moment finds it resumable."""
+    write_durably(checkpoint / SUPERSEDED, json.dumps({"run_started_at": start_step}).encode())
+    (checkpoint / MARKER).unlink(missing_ok=True)
 
 
 class CheckpointCompleteCallback(TrainerCallback):
@@ -106,15 +173,22 @@ class CheckpointCompleteCallback(TrainerCallback):
         if not args.should_save:
             return
         # Checkpoints past our starting step belong to an earlier run that this one overwrites
-        # (overwrite_output_dir, or resuming from an earlier checkpoint). Unmark them, so that a
-        # crash in the middle of re-saving one never leaves it looking complete.
+        # (overwrite_output_dir, or resuming from an earlier checkpoint). Tombstone them, so
+        # that a crash in the middle of re-saving one never leaves it looking complete: by its
+        # marker, or by its files, which are all there while half of them are old.
         for checkpoint in _checkpoints(_output_dir(args)):
             step = checkpoint_step(checkpoint)
-            if step is not None and step > state.global_step and (checkpoint / MARKER).exists():
+            if (
+                step is not None
+                and step > state.global_step
+                and not (checkpoint / SUPERSEDED).exists()
+            ):
                 logger.info(
-                    "Unmarking %s: this run starts at step %d.", checkpoint, state.global_step
+                    "Marking %s superseded: this run starts at step %d.",
+                    checkpoint,
+                    state.global_step,
                 )
-                (checkpoint / MARKER).unlink()
+                _supersede(checkpoint, state.global_step)
 
     def on_save(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -125,67 +199,52 @@ class CheckpointCompleteCallback(TrainerCallback):
         if not checkpoint.is_dir():  # hyper-parameter search saves under run-*/ folders
             logger.warning("No %s to mark complete.", checkpoint)
             return
+        # The tombstone goes first: killed in between, the folder's whole files still vouch.
+        (checkpoint / SUPERSEDED).unlink(missing_ok=True)
         write_marker(checkpoint, state.global_step)
 
 
-def find_resumable_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete `checkpoint-N` under output_dir.
+def _note_unmarked(checkpoint: Path) -> None:
+    if not is_complete(checkpoint):
+        logger.info(
+            "%s has no `%s` marker (written by LLaMA-Factory or transformers, or a save killed "
+            "before its marking), but every file a resume reads: resuming from it.",
+            checkpoint,
+            MARKER,
+        )
 
-    Folders without the completion marker (a save that was interrupted, or a checkpoint written
-    by another tool) are skipped, with a warning naming them.
+
+def find_resumable_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest resumable `checkpoint-N` under output_dir (see `resume_problem`).
+
+    Newer folders that are not resumable (a save that was interrupted, one superseded by a
+    restarted run) are skipped with a warning each, saying what it lacks.
 
     Args:
         output_dir: the training run's output folder.
 
     Returns:
-        The checkpoint folder with the largest N among complete ones, or None.
+        The resumable checkpoint folder with the largest N, or None.
     """
-    checkpoints = _checkpoints(Path(output_dir))
-    incomplete = [c.name for c in checkpoints if not is_complete(c)]
-    if incomplete:
-        logger.warning(
-            "Ignoring checkpoints in %s without the `%s` marker (an interrupted save, or written "
-            "by another tool): %s",
-            output_dir,
-            MARKER,
-            ", ".join(incomplete),
-        )
-    return next((c for c in checkpoints if is_complete(c)), None)
-
-
-def _missing_parts(checkpoint: Path) -> list[str]:
-    """What a resumable checkpoint needs and `checkpoint` lacks (empty: it looks whole)."""
-    missing = []
-    try:
-        json.loads((checkpoint / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        missing.append("readable trainer_state.json")
-    names = [p.name for p in checkpoint.iterdir()]
-    has_weights = any(n in _WEIGHT_FILES for n in names) or any(
-        n.startswith(("pytorch_model_fsdp", "global_step"))
-        for n in names  # FSDP, DeepSpeed
-    )
-    if not has_weights:
-        missing.append("model weights (" + " / ".join(_WEIGHT_FILES[::2]) + ")")
-    return missing
+    for checkpoint in _checkpoints(Path(output_dir)):
+        problem = resume_problem(checkpoint)
+        if problem is None:
+            _note_unmarked(checkpoint)
+            return checkpoint
+        logger.warning("Skipping %s for resume: it has %s.", checkpoint, problem)
+    return None
 
 
 def _check_explicit(checkpoint: Path) -> None:
     if not checkpoint.is_dir():
         raise ConfigError(f"resume_from_checkpoint: {checkpoint} does not exist or is no folder.")
-    if is_complete(checkpoint):
-        return
-    missing = _missing_parts(checkpoint)
-    if missing:
+    problem = resume_problem(checkpoint)
+    if problem is not None:
         raise ConfigError(
-            f"resume_from_checkpoint: {checkpoint} is incomplete: it has no `{MARKER}` marker and "
-            f"no {' and no '.join(missing)} (was its save interrupted?). Point "
-            "resume_from_checkpoint at an earlier checkpoint."
+            f"resume_from_checkpoint: {checkpoint} is incomplete: it has {problem} (was its save "
+            "interrupted?). Point resume_from_checkpoint at an earlier checkpoint."
         )
-    # Its files look whole: a checkpoint of LLaMA-Factory or plain transformers. Trust the user.
-    logger.warning(
-        "%s has no `%s` marker (written by another tool?); resuming.", checkpoint, MARKER
-    )
+    _note_unmarked(checkpoint)
 
 
 def resolve_resume(
@@ -196,11 +255,14 @@ def resolve_resume(
 ) -> str | None:
     """Decides which checkpoint, if any, training resumes from (LLaMA-Factory's rules).
 
-    - A path: it must exist and be complete; it is used even with overwrite_output_dir.
-    - `True`: the newest complete checkpoint in output_dir; an error if there is none.
-    - None (or False), when training without overwrite_output_dir: the newest complete
+    A checkpoint is resumable when it is marked complete or, unmarked (LLaMA-Factory's), holds
+    every file a resume reads, and no restarted run has superseded it (`resume_problem`).
+
+    - A path: it must exist and be resumable; it is used even with overwrite_output_dir.
+    - `True`: the newest resumable checkpoint in output_dir; an error if there is none.
+    - None (or False), when training without overwrite_output_dir: the newest resumable
       checkpoint in output_dir if any; an error if output_dir holds a finished model but no
-      checkpoint, since training would overwrite that model; else a fresh start.
+      such checkpoint, since training would overwrite that model; else a fresh start.
     - overwrite_output_dir: a fresh start (None).
 
     Args:
@@ -247,16 +309,6 @@ def resolve_resume(
             checkpoint,
         )
         return str(checkpoint)
-    # Unmarked but whole-looking checkpoints (e.g. LLaMA-Factory's): starting afresh would
-    # silently throw their progress away and overwrite them, so ask.
-    foreign = [c for c in _checkpoints(output_dir) if not _missing_parts(c)]
-    if foreign:
-        raise ConfigError(
-            f"{output_dir} holds {', '.join(c.name for c in foreign)} without tuneforge's "
-            f"`{MARKER}` marker (written by another tool?). Resume from one with "
-            f"`resume_from_checkpoint: {foreign[0]}`, or set `overwrite_output_dir: true` to "
-            "start afresh."
-        )
     finished = [name for name in _FINISHED_MODEL_FILES if (output_dir / name).is_file()]
     if finished:
         raise ConfigError(

@@ -136,6 +136,14 @@ class Trainer(HFTrainer):
     def _prepare_inputs(self, inputs: PaddingFreeBatch) -> PaddingFreeBatch:  # type: ignore[override]
         return inputs.to(self.args.device)
 
+    def _run_epoch(self, *args: Any, **kwargs: Any) -> None:
+        # transformers 5 trains one step past max_steps when it resumes from the last
+        # checkpoint (a run killed after its final save, or a finished command run again)
+        if self.state.max_steps > 0 and self.state.global_step >= self.state.max_steps:
+            self.control.should_training_stop = True
+            return
+        super()._run_epoch(*args, **kwargs)
+
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         if state_dict is not None:  # DeepSpeed's copies: tied weights one tensor again
             state_dict = retied(self.accelerator.unwrap_model(self.model), state_dict)

@@ -10,7 +10,7 @@ from typing import Any
 def progress_bar(total: int, description: str, unit: str, disable: bool = False) -> Any:
     """A tqdm bar of `total` `unit`s (call `.update(n)`, then `.close()`, or use it in a
     `with`); off with `disable`, under TUNEFORGE_NO_PROGRESS=1, and on ranks other than 0."""
-    from tqdm import tqdm
+    from tqdm import tqdm  # type: ignore[import-untyped]
 
     quiet = disable or os.environ.get("TUNEFORGE_NO_PROGRESS") == "1"
     quiet = quiet or os.environ.get("LOCAL_RANK", "0") != "0"
