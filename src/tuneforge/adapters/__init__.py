@@ -14,19 +14,20 @@ from tuneforge.adapters.lora import apply_lora
 logger = logging.getLogger("tuneforge")
 
 
-def apply_method(model: Any, finetuning: Any, model_config: Any) -> Any:
+def apply_method(model: Any, finetuning: Any, model_config: Any, training: bool = True) -> Any:
     """Marks the trainable weights of `model` for `finetuning.finetuning_type` and returns the
     model to train (a PeftModel for LoRA). Trainable weights are kept in float32 unless
     `pure_bf16`, so that optimizer updates are not lost to bf16 rounding. With
     `print_param_status`, every parameter's name, dtype, device and trainability is printed
-    (by the first process), as LLaMA-Factory does."""
+    (by the first process), as LLaMA-Factory does. `training`: whether the run trains
+    (do_train); a run that only evaluates or predicts logs a loaded adapter as such."""
     method = finetuning.finetuning_type
     if method == "full":
         model.requires_grad_(True)
     elif method == "freeze":
         apply_freeze(model, finetuning)
     else:
-        model = apply_lora(model, finetuning, model_config)
+        model = apply_lora(model, finetuning, model_config, training)
     if not finetuning.pure_bf16:
         for parameter in model.parameters():
             if parameter.requires_grad and parameter.dtype != torch.float32:

@@ -64,9 +64,10 @@ def _checked_targets(model: Any, targets: list[str]) -> list[str]:
     return targets
 
 
-def apply_lora(model: Any, finetuning: Any, model_config: Any) -> Any:
+def apply_lora(model: Any, finetuning: Any, model_config: Any, training: bool = True) -> Any:
     """`model` with LoRA adapters: the config's `adapter_name_or_path` merged or continued (in
-    `adapter_folder` of each), else new ones (see the module docstring)."""
+    `adapter_folder` of each), else new ones (see the module docstring). `training`: whether
+    the run trains (do_train), which only changes what the log says of a loaded adapter."""
     from peft import get_peft_model
 
     adapters = list(model_config.adapter_name_or_path or [])
@@ -76,7 +77,10 @@ def apply_lora(model: Any, finetuning: Any, model_config: Any) -> Any:
         model = load_adapter(model, path, subfolder=folder).merge_and_unload()
         logger.info("Merged adapter %s into the base weights.", path)
     if resume is not None:
-        logger.info("Loaded adapter %s; training goes on from it.", resume)
+        if training:
+            logger.info("Loaded adapter %s; training goes on from it.", resume)
+        else:
+            logger.info("Loaded adapter %s to evaluate and predict with (no training).", resume)
         return load_adapter(model, resume, trainable=True, subfolder=folder)
     config = lora_config(finetuning, model, model_config.resize_vocab)
     wanted = _targeted_layers(model, config.target_modules)

@@ -56,20 +56,79 @@ def adapters_need_lora(config: Config) -> None:
         )
 
 
+# The keys of one finetuning method: set to anything but their default under another method,
+# they would be ignored (LLaMA-Factory ignores them without a word).
+LORA_KEYS = (
+    "lora_rank",
+    "lora_alpha",
+    "lora_dropout",
+    "lora_target",
+    "additional_target",
+    "loraplus_lr_ratio",
+    "loraplus_lr_embedding",
+    "use_rslora",
+    "use_dora",
+    "create_new_adapter",
+)
+
+
+def _non_default(section: Any, names: tuple[str, ...]) -> list[str]:
+    """The keys of `names` whose value in `section` differs from the declared default."""
+    import dataclasses
+
+    fields = {field.name: field for field in dataclasses.fields(section)}
+    changed = []
+    for name in names:
+        field = fields[name]
+        default = (
+            field.default_factory()
+            if field.default_factory is not dataclasses.MISSING
+            else field.default
+        )
+        value = getattr(section, name)
+        if name == "lora_alpha":  # unset, it resolves to 2 x lora_rank
+            default = 2 * section.lora_rank
+        if value != default:
+            changed.append(name)
+    return changed
+
+
 @check
 def lora_only_options(config: Config) -> None:
     finetuning = config.finetuning
-    if finetuning.finetuning_type == "lora":
+    method = finetuning.finetuning_type
+    if method == "lora":
         return
-    for name, active in (
-        ("loraplus_lr_ratio", finetuning.loraplus_lr_ratio is not None),
-        ("use_rslora", finetuning.use_rslora),
-        ("use_dora", finetuning.use_dora),
-    ):
-        if active:
-            raise ConfigError(
-                f"`{name}` only applies to LoRA; set `finetuning_type: lora` or remove it."
-            )
+    changed = _non_default(finetuning, LORA_KEYS)
+    if changed:
+        keys = ", ".join(f"`{name}`" for name in changed)
+        raise ConfigError(
+            f"{keys} only {'applies' if len(changed) == 1 else 'apply'} to LoRA, and this "
+            f"config has `finetuning_type: {method}`, which would ignore "
+            f"{'it' if len(changed) == 1 else 'them'}; set `finetuning_type: lora` or remove "
+            f"{'it' if len(changed) == 1 else 'them'}."
+        )
+
+
+@check
+def lora_values(config: Config) -> None:
+    finetuning = config.finetuning
+    if finetuning.finetuning_type != "lora":
+        return
+    if not finetuning.lora_rank >= 1:
+        raise ConfigError(
+            f"`lora_rank: {finetuning.lora_rank}`: the rank of a LoRA adapter is a positive "
+            "integer (8 by default; 4 to 64 is usual)."
+        )
+    if finetuning.lora_alpha is not None and not finetuning.lora_alpha > 0:
+        raise ConfigError(
+            f"`lora_alpha: {finetuning.lora_alpha}` must be positive (unset, it is 2 x lora_rank)."
+        )
+    if not 0 <= finetuning.lora_dropout < 1:
+        raise ConfigError(
+            f"`lora_dropout: {finetuning.lora_dropout}` is a probability: give a value in "
+            "[0, 1), e.g. 0.05 (0, the default, turns it off)."
+        )
 
 
 @check
@@ -115,12 +174,17 @@ def export_quantization_needs_data(config: Config) -> None:
 @check
 def validation_split(config: Config) -> None:
     data = config.data
+    if not data.val_size >= 0:
+        raise ConfigError(f"`val_size` must be >= 0, got {data.val_size}.")
+    if data.val_size >= 1 and not float(data.val_size).is_integer():
+        raise ConfigError(
+            f"`val_size: {data.val_size}`: a fraction of the examples must be below 1 "
+            "(e.g. 0.1), and a number of examples an integer (e.g. 100)."
+        )
     if data.val_size > 0 and data.eval_dataset:
         raise ConfigError("set either `val_size` or `eval_dataset`, not both.")
     if data.val_size > 0 and not data.dataset:
         raise ConfigError("`val_size` splits `dataset`, which is not set.")
-    if data.val_size < 0:
-        raise ConfigError(f"`val_size` must be >= 0, got {data.val_size}.")
 
 
 @check
@@ -235,6 +299,77 @@ def positive_lengths(config: Config) -> None:
         raise ConfigError(f"`cutoff_len` must be at least 2, got {config.data.cutoff_len}.")
     if config.data.max_samples is not None and config.data.max_samples < 1:
         raise ConfigError(f"`max_samples` must be at least 1, got {config.data.max_samples}.")
+
+
+_STAGE_UNITS = {"kto": "examples", "ppo": "prompts"}
+
+
+@check
+def packing_needs_language_modelling(config: Config) -> None:
+    stage = config.finetuning.stage
+    if config.data.packing and stage not in ("pt", "sft"):
+        raise ConfigError(
+            f"`packing: true` applies to `stage: pt` and `sft`, and this config has "
+            f"`stage: {stage}`, whose {_STAGE_UNITS.get(stage, 'preference pairs')} are never "
+            "packed (LLaMA-Factory ignores the key there); remove it."
+        )
+
+
+# Training keys of transformers' that transformers does not check itself: a bad value fails
+# only once the model has loaded (the optimizer, the data loader) or trains nothing.
+def _at_least_one(value: Any) -> bool:
+    return value >= 1
+
+
+def _not_negative(value: Any) -> bool:
+    return value >= 0  # also False for NaN
+
+
+def _below_one(value: Any) -> bool:
+    return 0 <= value < 1
+
+
+TRAINING_BOUNDS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "learning_rate": (_not_negative, "must be >= 0 (e.g. 1.0e-4 for LoRA, 1.0e-5 in full)"),
+    "per_device_train_batch_size": (_at_least_one, "must be at least 1 (examples per device)"),
+    "per_device_eval_batch_size": (_at_least_one, "must be at least 1 (examples per device)"),
+    "gradient_accumulation_steps": (_at_least_one, "must be at least 1 (1: no accumulation)"),
+    "weight_decay": (_not_negative, "must be >= 0 (0, the default, turns it off)"),
+    "adam_beta1": (_below_one, "must be in [0, 1) (default 0.9)"),
+    "adam_beta2": (_below_one, "must be in [0, 1) (default 0.999)"),
+    "adam_epsilon": (_not_negative, "must be >= 0 (default 1e-8)"),
+    "max_grad_norm": (_not_negative, "must be >= 0 (0 turns clipping off; default 1.0)"),
+    "dataloader_num_workers": (_not_negative, "must be >= 0 (0 loads in the main process)"),
+}
+
+
+@check
+def training_values(config: Config) -> None:
+    training = config.training
+    problems = []
+    for name, (valid, rule) in TRAINING_BOUNDS.items():
+        value = training.get(name)
+        try:
+            good = value is None or valid(value)
+        except TypeError:  # not a number: transformers' own parsing has the last word
+            good = True
+        if not good:
+            problems.append(f"`{name}: {value}` {rule}")
+    if problems:
+        raise ConfigError("; ".join(problems) + ".")
+
+
+@check
+def training_length(config: Config) -> None:
+    training = config.training
+    if not training.get("do_train"):
+        return
+    epochs, steps = training.get("num_train_epochs", 3.0), training.get("max_steps", -1)
+    if steps <= 0 and not epochs > 0:
+        raise ConfigError(
+            f"`num_train_epochs: {epochs:g}` without `max_steps` trains no step: give a "
+            "positive number of epochs (e.g. 3) or `max_steps` (e.g. 1000)."
+        )
 
 
 # Rules the stages applied when they started, in the order they did (after every rule above,
@@ -360,7 +495,11 @@ def check_deepspeed(value: str | dict[str, Any] | None) -> None:
         return
     if isinstance(value, str):
         path = Path(value)
-        if not path.is_file():
+        try:
+            found = path.is_file()
+        except OSError:  # a name too long for the file system, say
+            found = False
+        if not found:
             raise ConfigError(
                 f"`deepspeed: {value}`: no such file. Point it at a DeepSpeed JSON config, "
                 "such as examples/deepspeed/ds_z2_config.json."

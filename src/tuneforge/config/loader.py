@@ -27,6 +27,7 @@ from tuneforge.config.training import (
 )
 from tuneforge.errors import ConfigError
 from tuneforge.utils.suggest import did_you_mean
+from tuneforge.utils.text import not_utf8
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
@@ -68,7 +69,7 @@ class Config:
 
         try:
             return Seq2SeqTrainingArguments(**self.training)
-        except (ValueError, TypeError) as error:
+        except (ValueError, TypeError, OverflowError) as error:
             raise ConfigError(f"training arguments in {self.source}: {error}") from None
 
     def flat(self) -> dict[str, dict[str, Any]]:
@@ -95,13 +96,23 @@ KEYS = _key_index()
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """The top-level mapping of a YAML or JSON config file."""
+    """The top-level mapping of a YAML or JSON config file.
+
+    Raises:
+        ConfigError: the file is missing, not UTF-8 (naming the byte), not valid YAML/JSON,
+            not a mapping, or sets one key twice (naming both lines: YAML keeps the last).
+    """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist.")
-    text = path.read_text(encoding="utf-8")
     try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {not_utf8(path)}.") from None
+    try:
+        data = _parse_json(text) if path.suffix == ".json" else yaml.load(text, _UniqueKeyLoader)
+    except DuplicateKeyError as error:
+        raise ConfigError(f"{path}: {error}") from None
     except (yaml.YAMLError, json.JSONDecodeError) as error:
         raise ConfigError(
             f"{path} is not valid {path.suffix.lstrip('.').upper()}: {error}"
@@ -111,6 +122,51 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of keys to values at the top level.")
     return data
+
+
+class DuplicateKeyError(ValueError):
+    """A mapping of a config file sets one key twice (YAML and JSON keep the last silently)."""
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader, refusing a key given twice in one mapping (naming both lines).
+
+    A key that overrides one merged in with `<<: *anchor` is not a duplicate."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says what is wrong
+                continue
+            if first is not None:
+                lines = f"line {line}" if first == line else f"lines {first} and {line}"
+                raise DuplicateKeyError(
+                    f"key `{key}` is set twice, on {lines} (YAML would keep the last one "
+                    "silently); keep one of them."
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _parse_json(text: str) -> Any:
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        mapping: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in mapping:
+                raise DuplicateKeyError(
+                    f"key `{key}` is set twice in one object (JSON would keep the last one "
+                    "silently); keep one of them."
+                )
+            mapping[key] = value
+        return mapping
+
+    return json.loads(text, object_pairs_hook=unique)
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -143,12 +199,18 @@ def build_config(
     from tuneforge.config.checks import run_checks
 
     origins = dict(origins or {})
+    refuse_other_formats(raw, source)
     raw = _translate_legacy(raw, origins, source)
     values: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     training: dict[str, Any] = {}
     problems: list[str] = []  # every bad key at once: each retry costs a full start-up
+    megatron = [name for name in raw if _is_megatron_key(name)]
+    if megatron:
+        problems.append(_megatron_problem(megatron))
     for name, value in raw.items():
         where = origins.get(name, f"in {source}")
+        if name in megatron:
+            continue
         try:
             section, coerced = _place(name, value)
         except ConfigError as error:
@@ -165,6 +227,97 @@ def build_config(
     config = Config(**sections, training=training, source=source)
     run_checks(config)
     return config
+
+
+# Keys of LLaMA-Factory's v1 configs (`USE_V1=1 llamafactory-cli`, llamafactory/v1/config/) that
+# its flat v0 format, which tuneforge reads, does not have: the v0 key to use instead, if any.
+V1_KEYS: dict[str, str | None] = {
+    "model": "model_name_or_path",
+    "data": None,
+    "train_dataset": "dataset",
+    "micro_batch_size": "per_device_train_batch_size",
+    "global_batch_size": None,
+    "model_class": None,
+    "peft_config": "finetuning_type, lora_rank, lora_target",
+    "init_config": None,
+    "kernel_config": None,
+    "quant_config": "quantization_bit",
+    "dist_config": "deepspeed",
+    "optim_config": "optim",
+    "lr_scheduler_config": "lr_scheduler_type",
+    "batching_strategy": "packing",
+    "batching_workers": "preprocessing_num_workers",
+    "enable_activation_checkpointing": "gradient_checkpointing",
+    "save_epochs": "save_strategy: epoch",
+    "save_ckpt_as_hf": None,
+}
+# Megatron-Core's parallelism and fusion keys, as LLaMA-Factory's mcore_adapter takes them
+# (USE_MCA=1); any key ending in `_model_parallel_size` is one too.
+MEGATRON_KEYS = frozenset(
+    {
+        "sequence_parallel",
+        "context_parallel_size",
+        "expert_tensor_parallel_size",
+        "recompute_granularity",
+        "recompute_method",
+        "recompute_num_layers",
+        "use_distributed_optimizer",
+        "overlap_grad_reduce",
+        "overlap_param_gather",
+        "moe_grouped_gemm",
+        "moe_token_dispatcher_type",
+        "moe_layer_recompute",
+        "bias_activation_fusion",
+        "apply_rope_fusion",
+        "account_for_embedding_in_pipeline_split",
+        "account_for_loss_in_pipeline_split",
+        "num_layers_per_virtual_pipeline_stage",
+        "transformer_impl",
+    }
+)
+MEGATRON_UNSUPPORTED = (
+    "Megatron-Core training (LLaMA-Factory's USE_MCA=1 with mcore_adapter) is not supported by "
+    "tuneforge: it trains with transformers' Trainer, where DeepSpeed ZeRO "
+    "(`deepspeed: examples/deepspeed/ds_z3_config.json`) or FSDP shard a model too big for one "
+    "GPU"
+)
+
+
+def _known_key(name: str) -> bool:
+    return name in KEYS or name in training_argument_types() or name in LEGACY_TRAINING_KEYS
+
+
+def refuse_other_formats(raw: Mapping[str, Any], source: str) -> None:
+    """Refuses LLaMA-Factory's v1 config format as a whole, instead of one unknown key each.
+
+    Raises:
+        ConfigError: naming the v1 keys found and the flat keys to write instead.
+    """
+    found = [name for name in raw if name in V1_KEYS and not _known_key(name)]
+    nested = [name for name in ("model", "data") if isinstance(raw.get(name), Mapping)]
+    if not (nested or "model" in found or len(found) >= 2):
+        return
+    if nested:
+        shape = f"top-level {' and '.join(f'`{name}:`' for name in nested)} mappings"
+        hint = "; move the keys inside them to the top level"
+    else:
+        shape = f"keys {', '.join(f'`{name}`' for name in found)}"
+        instead = [f"`{name}` -> `{V1_KEYS[name]}`" for name in found if V1_KEYS[name]]
+        hint = f"; rename {', '.join(instead)}" if instead else ""
+    raise ConfigError(
+        f"{source}: this is LLaMA-Factory's v1 config format ({shape}); tuneforge reads the "
+        "flat format of LLaMA-Factory's v0 configs, one key per line at the top level, as in "
+        f"tuneforge's examples/sft_lora.yaml{hint}."
+    )
+
+
+def _is_megatron_key(name: str) -> bool:
+    return not _known_key(name) and (name in MEGATRON_KEYS or name.endswith("_model_parallel_size"))
+
+
+def _megatron_problem(names: list[str]) -> str:
+    keys = ", ".join(f"`{name}`" for name in names)
+    return f"{keys}: {MEGATRON_UNSUPPORTED}. Remove the Megatron keys."
 
 
 def config_problems(problems: list[str]) -> ConfigError:

@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from tuneforge.errors import DataError
 from tuneforge.utils.suggest import did_you_mean, unknown_name
+from tuneforge.utils.text import not_utf8
 
 CATALOGUE_FILE = "dataset_info.json"
 ONLINE = "ONLINE"  # LLaMA-Factory's dataset_dir value for "dataset names are hub ids"
@@ -95,7 +96,11 @@ def _defaults(formatting: str) -> tuple[Columns, Tags]:
 def load_catalogue(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
     """Reads `dataset_dir/dataset_info.json` as raw entries."""
     path = Path(dataset_dir) / CATALOGUE_FILE
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # a name too long for the file system, say
+        found = False
+    if not found:
         raise DataError(
             f"no {CATALOGUE_FILE} in dataset_dir `{dataset_dir}` ({path.resolve()} does not "
             "exist). Set `dataset_dir` to the folder that holds it."
@@ -107,6 +112,8 @@ def load_catalogue(dataset_dir: str | Path) -> dict[str, dict[str, Any]]:
         raise DataError(
             f"{path}: not valid JSON at line {error.lineno}, column {error.colno}: {error.msg}."
         ) from None
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text: {not_utf8(path)}.") from None
     if not isinstance(catalogue, dict):
         raise DataError(f"{path}: expected a JSON object mapping dataset names to entries.")
     return catalogue

@@ -49,18 +49,44 @@ class EncodeOptions:
     enable_thinking: bool | None = None
 
 
+DROPPED_TOO_LONG = "longer than cutoff_len"
+
+
 @dataclass
 class EncodeReport:
-    """What happened to the examples of one encoding run, for logs and previews."""
+    """What happened to the examples of one encoding run, for logs and previews.
+
+    `truncated` counts the examples cut to cutoff_len (for pretraining: the documents split
+    into chunks, which lose no token), `tokens_cut` the tokens they lost in all and
+    `largest_cut` the most that one example lost; `longest_dropped` is the length of the
+    longest example dropped because even cut it could not fit.
+    """
 
     encoded: int = 0
     truncated: int = 0
     dropped: Counter[str] = field(default_factory=Counter)
+    tokens_cut: int = 0
+    largest_cut: int = 0
+    longest_dropped: int = 0
+
+    def cut(self, before: int, after: int) -> None:
+        """Counts one example cut from `before` to `after` tokens."""
+        self.truncated += 1
+        self.tokens_cut += before - after
+        self.largest_cut = max(self.largest_cut, before - after)
+
+    def drop(self, length: int, reason: str = DROPPED_TOO_LONG) -> None:
+        """Counts one example of `length` tokens dropped for `reason`."""
+        self.dropped[reason] += 1
+        self.longest_dropped = max(self.longest_dropped, length)
 
     def merge(self, other: EncodeReport) -> None:
         self.encoded += other.encoded
         self.truncated += other.truncated
         self.dropped.update(other.dropped)
+        self.tokens_cut += other.tokens_cut
+        self.largest_cut = max(self.largest_cut, other.largest_cut)
+        self.longest_dropped = max(self.longest_dropped, other.longest_dropped)
 
 
 class Tokenize:
@@ -121,6 +147,7 @@ def _encode_supervised(examples, template, tokenize, options):
     eos_id = _efficient_eos_id(template, tokenize)
     for example, texts, ids in zip(examples, pieces, _tokenize_nested(pieces, tokenize)):
         turns = list(zip(ids[0::2], ids[1::2]))
+        original = _length(turns)
         if options.mask_history and len(turns) > 1 and _length(turns) > options.cutoff_len:
             example, texts, turns = _drop_leading_turns(example, template, tokenize, options)
         turns, targets = _close_responses(turns, eos_id)
@@ -128,9 +155,10 @@ def _encode_supervised(examples, template, tokenize, options):
         tail = 0 if fits else _prompt_tail(texts[0], example.messages[0].content, tokenize)
         fitted = fit_turns(turns, options.cutoff_len, tail)
         if fitted is None:
-            report.dropped["longer than cutoff_len"] += 1
+            report.drop(original)
             continue
-        report.truncated += fitted != turns
+        if _length(fitted) < original:
+            report.cut(original, _length(fitted))
         input_ids, labels = [], []
         for index, (prompt, response) in enumerate(fitted):
             trained = not options.mask_history or index == len(fitted) - 1
@@ -281,14 +309,15 @@ def _prompt_and_responses(examples, template, tokenize, options, responses_of):
         prompt, responses = ids[0], ids[1::2]
         longest = max(len(response) for response in responses)
         if len(prompt) + longest > options.cutoff_len:
+            before = len(prompt) + sum(len(response) for response in responses)
             prompt_len, response_len = share_budget(len(prompt), longest, options.cutoff_len)
             tail = _prompt_tail(texts[0], example.messages[-2].content, tokenize)
             if response_len < 1 or prompt_len <= tail:
-                report.dropped["longer than cutoff_len"] += 1
+                report.drop(len(prompt) + longest)
                 continue
             prompt = _cut_middle(prompt, prompt_len, tail)
             responses = [response[:response_len] for response in responses]
-            report.truncated += 1
+            report.cut(before, len(prompt) + sum(len(response) for response in responses))
         results.append((example, prompt, responses))
         report.encoded += 1
     return results, report
@@ -360,10 +389,10 @@ def _encode_unsupervised(examples, template, tokenize, options):
             last_prompt = [m for m in example.messages if m.role in PROMPT_ROLES][-1]
             tail = _prompt_tail(text, last_prompt.content, tokenize)
             if options.cutoff_len <= tail:
-                report.dropped["longer than cutoff_len"] += 1
+                report.drop(len(prompt))
                 continue
+            report.cut(len(prompt), options.cutoff_len)
             prompt = _cut_middle(prompt, options.cutoff_len, tail)
-            report.truncated += 1
         columns["input_ids"].append(prompt)
         columns["label_ids"].append(label)
         report.encoded += 1
@@ -388,4 +417,12 @@ _ENCODERS = {
     "unsupervised": _encode_unsupervised,
 }
 
-__all__ = ["COLUMNS", "IGNORE_INDEX", "KINDS", "EncodeOptions", "EncodeReport", "Message"]
+__all__ = [
+    "COLUMNS",
+    "DROPPED_TOO_LONG",
+    "IGNORE_INDEX",
+    "KINDS",
+    "EncodeOptions",
+    "EncodeReport",
+    "Message",
+]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -95,6 +95,7 @@ def prepare_data(config: Config, tokenizer: Any, template: Any) -> PreparedData:
         source = "tokenized_path" if data.tokenized_path else "cache"
         logger.info("Loaded the encoded datasets from %s %s", source, folder)
         report["from_cache"] = str(folder)
+        _log_truncation(report, kind, eval_kind, data.cutoff_len)
         return PreparedData(splits.get("train"), splits.get("eval"), kind, eval_kind, report)
 
     started = time.perf_counter()
@@ -132,6 +133,7 @@ def prepare_data(config: Config, tokenizer: Any, template: Any) -> PreparedData:
         report["seconds"],
         folder,
     )
+    _log_truncation(report, kind, eval_kind, data.cutoff_len)
     saved = cache.load(folder)  # memory-mapped from disk: training does not hold a second copy
     splits = saved[0] if saved else splits
     return PreparedData(splits.get("train"), splits.get("eval"), kind, eval_kind, report)
@@ -150,6 +152,12 @@ def load_examples(
     per_dataset, reports = [], []
     for spec in specs:
         rows = read_rows(spec, data.dataset_dir)
+        if not rows:
+            where = Path(data.dataset_dir) / spec.file_name if spec.file_name else spec.where
+            raise DataError(
+                f"dataset `{spec.name}`: {where} holds no rows (an empty file, or `[]`); add "
+                f"examples to it, or take `{spec.name}` out of the config's datasets."
+            )
         examples, report = convert_rows(rows, spec, kind, data.skip_bad_rows)
         if spec.num_samples:
             examples = resample(examples, spec.num_samples, seed)
@@ -254,12 +262,6 @@ def encode(
         for name, values in batch_columns.items():
             columns[name] += values
         report.merge(batch_report)
-    if report.dropped:
-        logger.warning(
-            "Dropped %d examples: %s",
-            sum(report.dropped.values()),
-            ", ".join(f"{n} {why}" for why, n in report.dropped.items()),
-        )
     if not report.encoded:
         raise DataError(
             f"no example survived encoding ({dict(report.dropped)}); raise `cutoff_len` "
@@ -343,4 +345,50 @@ def _plain_encode(report: EncodeReport) -> dict[str, Any]:
         "encoded": report.encoded,
         "truncated": report.truncated,
         "dropped": dict(report.dropped),
+        "tokens_cut": report.tokens_cut,
+        "largest_cut": report.largest_cut,
+        "longest_dropped": report.longest_dropped,
     }
+
+
+def truncation_summary(
+    name: str, report: Mapping[str, Any], kind: Kind, cutoff_len: int
+) -> str | None:
+    """One line on what cutoff_len did to a split's examples (from its plain encode report):
+    how many were cut and by how many tokens, in all and at most, and how many were dropped;
+    None when every example fitted."""
+    truncated = report.get("truncated", 0)
+    dropped = sum(report.get("dropped", {}).values())
+    if not truncated and not dropped:
+        return None
+    total = report.get("encoded", 0) + dropped
+    if kind == "pretrain":  # a long document becomes several chunks: nothing is lost
+        return (
+            f"{name} data: {truncated:,} of {total:,} documents are longer than cutoff_len "
+            f"{cutoff_len} and were split into chunks of {cutoff_len} tokens (no token lost)."
+        )
+    parts = []
+    if truncated:
+        parts.append(
+            f"{truncated:,} of {total:,} examples were cut to cutoff_len {cutoff_len}, losing "
+            f"{report.get('tokens_cut', 0):,} tokens in all and at most "
+            f"{report.get('largest_cut', 0):,} from one example"
+        )
+    if dropped:
+        reasons = ", ".join(f"{n:,} {why}" for why, n in report.get("dropped", {}).items())
+        longest = report.get("longest_dropped", 0)
+        size = f", the longest of {longest:,} tokens" if longest else ""
+        parts.append(
+            f"{dropped:,} of {total:,} examples were dropped, as even cut they would not fit "
+            f"({reasons}{size})"
+        )
+    return f"{name} data: {'; '.join(parts)}. Raise `cutoff_len` to keep more of them."
+
+
+def _log_truncation(
+    report: Mapping[str, Any], kind: Kind, eval_kind: Kind, cutoff_len: int
+) -> None:
+    for name, split_kind, key in (("Training", kind, "train"), ("Evaluation", eval_kind, "eval")):
+        line = truncation_summary(name, report.get(key) or {}, split_kind, cutoff_len)
+        if line:
+            (logger.info if split_kind == "pretrain" else logger.warning)(line)

@@ -103,10 +103,16 @@ def statistics(dataset: Any, kind: Kind) -> dict[str, Any]:
 def format_statistics(name: str, stats: dict[str, Any], encode_report: dict[str, Any]) -> str:
     share = stats["trained_tokens"] / stats["tokens"] if stats["tokens"] else 0.0
     dropped = sum(encode_report.get("dropped", {}).values())
+    cut = encode_report.get("tokens_cut", 0)
+    cut_note = (
+        f" ({cut:,} tokens cut, at most {encode_report.get('largest_cut', 0):,} from one)"
+        if cut
+        else ""
+    )
     return "\n".join(
         [
             f"{name}: {stats['examples']:,} examples, {encode_report.get('truncated', 0):,} "
-            f"truncated, {dropped:,} dropped (too long)",
+            f"truncated{cut_note}, {dropped:,} dropped (too long)",
             f"  tokens: {stats['tokens']:,}, trained: {stats['trained_tokens']:,} ({share:.1%})",
             f"  length: min {stats['length_min']}, p50 {stats['length_p50']}, "
             f"p90 {stats['length_p90']}, p99 {stats['length_p99']}, max {stats['length_max']}",

@@ -17,6 +17,7 @@ from typing import Any
 from tuneforge.data.catalogue import DatasetSpec
 from tuneforge.errors import DataError
 from tuneforge.utils.hub import hub_reachable
+from tuneforge.utils.text import not_utf8
 
 READABLE_SUFFIXES = (".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt")
 
@@ -77,7 +78,10 @@ def read_file(path: Path) -> list[Row]:
             f"{path}: cannot read `{suffix or 'no suffix'}` files; "
             f"use one of {', '.join(READABLE_SUFFIXES)}."
         )
-    rows = [Row(fields, f"{path} row {number}") for number, fields in readers[suffix](path)]
+    try:
+        rows = [Row(fields, f"{path} row {number}") for number, fields in readers[suffix](path)]
+    except UnicodeDecodeError:
+        raise DataError(f"data file {path} is not UTF-8 text: {not_utf8(path)}.") from None
     for row in rows:
         if not isinstance(row.fields, dict):
             raise DataError(f"{row.where}: expected an object, got {type(row.fields).__name__}.")

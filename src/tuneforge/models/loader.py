@@ -62,7 +62,31 @@ def load_config(model: ModelConfig, cutoff_len: int | None) -> Any:
     hf_config = load_pretrained(AutoConfig, base_model_path(model), _hub_kwargs(model), "config")
     if model.rope_scaling and cutoff_len:
         _scale_rope(hf_config, model.rope_scaling, cutoff_len)
+    elif cutoff_len:
+        warn_of_positions_beyond(hf_config, cutoff_len)
     return hf_config
+
+
+def warn_of_positions_beyond(hf_config: Any, cutoff_len: int) -> bool:
+    """Warns when `cutoff_len` reaches past the positions the model was trained on and no
+    `rope_scaling` stretches them (LLaMA-Factory trains on without a word): the tokens beyond
+    get positions the model has never seen. A warning, not a refusal: the data may hold no
+    example that long. Returns whether it warned."""
+    text_config = getattr(hf_config, "text_config", None) or hf_config
+    current = getattr(text_config, "max_position_embeddings", None)
+    if not isinstance(current, int) or cutoff_len <= current:
+        return False
+    logger.warning(
+        "cutoff_len %d is beyond this model's %d positions (max_position_embeddings), and no "
+        "`rope_scaling` is set: tokens past position %d get positions the model was never "
+        "trained on. Set `rope_scaling: linear|dynamic|yarn` to stretch them, or lower "
+        "`cutoff_len` to %d.",
+        cutoff_len,
+        current,
+        current,
+        current,
+    )
+    return True
 
 
 # the names MoE configs give the weight of the router's load-balancing loss: most families,

@@ -55,9 +55,17 @@ def load_tokenizer(model: ModelConfig) -> Any:
 def load_pretrained(loader: Any, name: str, kwargs: dict[str, Any], what: str) -> Any:
     """`loader.from_pretrained(name)` with errors a user can act on."""
     local = Path(name).expanduser()
-    if local.exists():
+    try:
+        exists = local.exists()
+    except OSError as error:  # a name too long for the file system, say
+        raise ModelError(
+            f"`model_name_or_path` {name[:80]}...: {error.strerror}; give a model folder or a "
+            "hub id."
+        ) from None
+    if exists:
         if not local.is_dir():
             raise ModelError(f"`model_name_or_path` {name} is a file; give the model's folder.")
+        check_model_folder(local, what)
         try:
             return loader.from_pretrained(str(local), **kwargs)
         except (OSError, ValueError) as error:
@@ -78,6 +86,35 @@ def load_pretrained(loader: Any, name: str, kwargs: dict[str, Any], what: str) -
         return loader.from_pretrained(name, **kwargs)
     except (OSError, ValueError) as error:
         raise ModelError(f"cannot load a {what} for `{name}` from the Hub: {error}") from None
+
+
+# files any one of which lets a tokenizer load from a folder without the model's config.json
+TOKENIZER_FILES = ("tokenizer_config.json", "tokenizer.json", "tokenizer.model", "vocab.json")
+
+
+def check_model_folder(folder: Path, what: str) -> None:
+    """Refuses a local `model_name_or_path` folder that holds no model (no config.json), such as
+    a data folder, before transformers guesses at it (and talks of sentencepiece). A tokenizer
+    may come from a folder with its own files only.
+
+    Raises:
+        ModelError: naming the folder, what it holds and what to point the key at.
+    """
+    if (folder / "config.json").is_file():
+        return
+    if what == "tokenizer" and any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return
+    if (folder / "adapter_config.json").is_file():
+        raise ModelError(
+            f"`model_name_or_path` {folder} holds a LoRA adapter (adapter_config.json), not a "
+            "model: set `adapter_name_or_path` to it and `model_name_or_path` to its base model."
+        )
+    names = sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
+    held = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "") if names else "nothing"
+    raise ModelError(
+        f"`model_name_or_path` {folder} has no config.json, so it is not a model folder (it "
+        f"holds {held}); point it at a model's folder (config.json and the weights) or a hub id."
+    )
 
 
 def fit_tokenizer_to_template(

@@ -86,7 +86,7 @@ def load_trainable_model(config: Config, run: PreparedRun) -> Any:
     )
     set_moe_leaf_modules(model)  # under ZeRO-3, before the engine wraps the model
     set_seed(run.args.seed)  # a new adapter's init draws from the seed, not from the load's RNG
-    model = apply_method(model, config.finetuning, config.model)
+    model = apply_method(model, config.finetuning, config.model, run.args.do_train)
     if run.args.should_save:
         write_resolved(config, run.args.output_dir, run.args.to_dict())
     return model

@@ -33,7 +33,31 @@ def template_names() -> list[str]:
     return sorted([*TEMPLATES, "auto"])
 
 
+# LLaMA-Factory 0.9.5's multimodal templates: those data/template.py registers with an
+# mm_plugin (images, video or audio). A name here that tuneforge has (as a text template)
+# still works; the others are refused as multimodal rather than matched to a text name.
+MULTIMODAL_TEMPLATES = frozenset(
+    {
+        "dots_ocr", "ernie_vl", "gemma3", "gemma3n", "gemma4", "gemma4n", "glm4v", "glm4_5v",
+        "glm_ocr", "granite3_vision", "intern_vl", "intern_s1", "keye_vl", "kimi_vl", "lfm2_vl",
+        "llama4", "mllama", "llava", "llava_next", "llava_next_llama3", "llava_next_mistral",
+        "llava_next_qwen", "llava_next_yi", "llava_next_video", "llava_next_video_mistral",
+        "llava_next_video_yi", "mimo_vl", "minicpm_v", "minicpm_v_4_6", "minicpm_o",
+        "mistral_small", "ministral3", "paligemma", "paligemma_chat", "pixtral", "qwen2_audio",
+        "qwen2_omni", "qwen3_omni", "qwen3_omni_nothink", "qwen2_vl", "qwen3_vl",
+        "qwen3_vl_nothink", "qwen3_5", "qwen3_5_nothink", "qwen3_6", "video_llava", "yi_vl",
+        "youtu_vl",
+    }
+)  # fmt: skip
+
+
 def _unknown(name: str) -> ConfigError:
+    if name in MULTIMODAL_TEMPLATES:
+        return ConfigError(
+            f"`template: {name}` is one of LLaMA-Factory's multimodal templates (with an "
+            "image, video or audio plugin), and tuneforge does not support multimodal templates "
+            "yet: it has text templates only. Train a text model, with its text template."
+        )
     names = template_names()
     near = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
     hint = f" Did you mean {' or '.join(repr(n) for n in near)}?" if near else ""

@@ -14,8 +14,10 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from tuneforge.config.loader import MEGATRON_UNSUPPORTED
 from tuneforge.errors import ConfigError
 from tuneforge.utils.devices import cpu_only_distributed, device_count
 
@@ -33,6 +35,10 @@ def effective_training_arguments(config: Config) -> Any:
     values = dict(config.training)
     if not values.get("output_dir"):
         raise ConfigError("`output_dir` is required: the folder where the run is saved.")
+    check_output_dir(str(values["output_dir"]))
+    refuse_megatron(os.environ)
+    check_installed(values)
+    check_config_files(values)
     cpu_only = device_count() == 0
     if cpu_only or values.get("use_cpu"):
         refuse_fsdp_on_cpu(values)
@@ -59,8 +65,188 @@ def effective_training_arguments(config: Config) -> Any:
         start_deepspeed_comm()  # before the arguments: they set up ZeRO-3 and the processes
     try:
         return Seq2SeqTrainingArguments(**values)
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, OverflowError) as error:
         raise ConfigError(f"training arguments in {config.source}: {error}") from None
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Refuses an `output_dir` the run could not write, before anything loads or is written:
+    a file, a path under a file, or a folder this user may not write to (the nearest folder
+    that exists, when the output folder is still to be made). Creates nothing.
+
+    Raises:
+        ConfigError: naming the path that is in the way and what to do.
+    """
+    path = Path(output_dir).expanduser()
+    try:
+        path.exists()
+    except OSError as error:  # a name too long for the file system, say
+        raise ConfigError(
+            f"`output_dir: {output_dir[:80]}{'...' if len(output_dir) > 80 else ''}` cannot be "
+            f"a folder here: {error.strerror}. Choose another path."
+        ) from None
+    if path.exists() and not path.is_dir():
+        raise ConfigError(
+            f"`output_dir: {output_dir}` is a file, not a folder; the run saves its weights and "
+            "checkpoints in a folder there. Choose another path, or move the file away."
+        )
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(
+            f"`output_dir: {output_dir}`: {existing} is a file, so no folder can be made under "
+            "it. Choose another path."
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        made = "" if existing == path.absolute() else f" (to make {output_dir} in)"
+        raise ConfigError(
+            f"`output_dir: {output_dir}`: this user may not write to {existing}{made}. Choose a "
+            "folder you can write to, or change its permissions."
+        )
+
+
+def check_config_files(values: Mapping[str, Any]) -> None:
+    """`accelerator_config` and `fsdp_config` take a mapping or a JSON file's path, which
+    transformers opens without a word of which key named it.
+
+    Raises:
+        ConfigError: naming the key and the missing file.
+    """
+    for name in ("accelerator_config", "fsdp_config"):
+        value = values.get(name)
+        if isinstance(value, str) and value and not _is_file(value):
+            raise ConfigError(
+                f"`{name}: {value}`: no such file. Give the path of a JSON file, or the "
+                "settings as a mapping in the config."
+            )
+
+
+def _is_file(name: str) -> bool:
+    try:
+        return Path(name).expanduser().is_file()
+    except OSError:  # a name too long for the file system, say
+        return False
+
+
+def refuse_megatron(environ: Mapping[str, str]) -> None:
+    """USE_MCA=1 asks LLaMA-Factory for Megatron-Core training, which tuneforge does not do.
+
+    Raises:
+        ConfigError: saying so, and what to use instead.
+    """
+    if environ.get("USE_MCA", "").strip().lower() in ("1", "true", "yes", "y", "on"):
+        raise ConfigError(f"USE_MCA={environ['USE_MCA']}: {MEGATRON_UNSUPPORTED}. Unset USE_MCA.")
+
+
+# `report_to` integrations -> the packages to pip install for them (transformers decides
+# whether each is available; kubeflow and flyte need more than a package and are left to it)
+REPORTER_PACKAGES: dict[str, str] = {
+    "azure_ml": "azureml-core",
+    "clearml": "clearml",
+    "codecarbon": "codecarbon",
+    "comet_ml": "comet-ml",
+    "dagshub": "dagshub mlflow",
+    "dvclive": "dvclive",
+    "mlflow": "mlflow",
+    "neptune": "neptune",
+    "swanlab": "swanlab",
+    "tensorboard": "tensorboard",
+    "trackio": "trackio",
+    "wandb": "wandb",
+}
+_BITSANDBYTES = ("bitsandbytes", "'tuneforge[qlora]' (bitsandbytes)")
+# transformers' `optim` names that need a package beyond torch -> (module, what to install)
+OPTIMIZER_PACKAGES: dict[str, tuple[str, str]] = {
+    **dict.fromkeys(
+        (
+            "adamw_bnb_8bit",
+            "adamw_8bit",
+            "ademamix",
+            "ademamix_8bit",
+            "lion_8bit",
+            "lion_32bit",
+            "paged_adamw_32bit",
+            "paged_adamw_8bit",
+            "paged_ademamix_32bit",
+            "paged_ademamix_8bit",
+            "paged_lion_32bit",
+            "paged_lion_8bit",
+            "rmsprop_bnb",
+            "rmsprop_bnb_8bit",
+            "rmsprop_bnb_32bit",
+        ),
+        _BITSANDBYTES,
+    ),
+    "adamw_torch_4bit": ("torchao", "torchao"),
+    "adamw_torch_8bit": ("torchao", "torchao"),
+    "adamw_torch_xla": ("torch_xla", "torch_xla (on TPUs)"),
+    "adamw_torch_npu_fused": ("torch_npu", "torch_npu (on Ascend NPUs)"),
+    "adamw_anyprecision": ("torchdistx", "torchdistx"),
+    **dict.fromkeys(
+        (
+            "galore_adamw",
+            "galore_adamw_8bit",
+            "galore_adafactor",
+            "galore_adamw_layerwise",
+            "galore_adamw_8bit_layerwise",
+            "galore_adafactor_layerwise",
+        ),
+        ("galore_torch", "galore-torch"),
+    ),
+    "apollo_adamw": ("apollo_torch", "apollo-torch"),
+    "apollo_adamw_layerwise": ("apollo_torch", "apollo-torch"),
+    "lomo": ("lomo_optim", "lomo-optim"),
+    "adalomo": ("lomo_optim", "lomo-optim"),
+    "grokadamw": ("grokadamw", "grokadamw"),
+    "schedule_free_radam": ("schedulefree", "schedulefree"),
+    "schedule_free_adamw": ("schedulefree", "schedulefree"),
+    "schedule_free_sgd": ("schedulefree", "schedulefree"),
+    "stable_adamw": ("optimi", "torch-optimi"),
+}
+
+
+def check_installed(values: Mapping[str, Any]) -> None:
+    """Refuses `report_to` and `optim` values whose package is not installed here (or that
+    transformers does not know), which transformers would find only when the Trainer or its
+    optimizer is built, after the model has loaded.
+
+    Raises:
+        ConfigError: naming the key, the value and the package to install.
+    """
+    import importlib.util
+
+    from transformers.integrations.integration_utils import (
+        INTEGRATION_TO_CALLBACK,
+        get_available_reporting_integrations,
+    )
+
+    reporters = values.get("report_to")
+    names = [reporters] if isinstance(reporters, str) else list(reporters or [])
+    available = None
+    for name in names:
+        if name in ("none", "all"):  # "all": transformers takes only those installed
+            continue
+        if name not in INTEGRATION_TO_CALLBACK:
+            known = ", ".join(["none", "all", *INTEGRATION_TO_CALLBACK])
+            raise ConfigError(f"`report_to: {name}` is not an integration; use one of {known}.")
+        available = available or get_available_reporting_integrations()
+        if name in REPORTER_PACKAGES and name not in available:
+            package = REPORTER_PACKAGES[name]
+            raise ConfigError(
+                f"`report_to: {name}` needs the {package} package, which is not installed: "
+                f"pip install {package} (or set `report_to: none`)."
+            )
+    optim = values.get("optim")
+    optim = getattr(optim, "value", optim)
+    if optim in OPTIMIZER_PACKAGES:
+        module, package = OPTIMIZER_PACKAGES[optim]
+        if importlib.util.find_spec(module) is None:
+            kind = "a bitsandbytes" if (module, package) == _BITSANDBYTES else f"a {module}"
+            raise ConfigError(
+                f"`optim: {optim}` is {kind} optimizer, and {module} is not installed: "
+                f"pip install {package}, or use `optim: adamw_torch`."
+            )
 
 
 def refuse_fsdp_on_cpu(values: Mapping[str, Any]) -> None:

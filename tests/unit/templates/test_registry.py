@@ -51,7 +51,7 @@ def test_required_templates_exist() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "nearest"), [("qwen-3", "qwen3"), ("lama3", "llama3"), ("gemma4", "gemma")]
+    ("name", "nearest"), [("qwen-3", "qwen3"), ("lama3", "llama3"), ("gemma-2", "gemma2")]
 )
 def test_unknown_name_lists_nearest_and_valid(name: str, nearest: str) -> None:
     with pytest.raises(ConfigError) as info:
