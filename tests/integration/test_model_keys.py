@@ -138,3 +138,14 @@ def test_progress_bars_can_be_turned_off(monkeypatch, capsys):
     bar.update(2)
     bar.close()
     assert "Encoding" not in capsys.readouterr().err
+
+
+def test_encoding_shows_progress(tiny_model_dir, tiny_tokenizer, capfd):
+    from tuneforge.data.pipeline import prepare_data
+    from tuneforge.models.tokenizer import load_tokenizer_and_template
+
+    config = training_config(tiny_model_dir, tiny_model_dir.parent / "enc" / "out")
+    tokenizer, template = load_tokenizer_and_template(config)
+    prepare_data(config, tokenizer, template)
+    err = capfd.readouterr().err
+    assert "Encoding" in err and "example/s" in err

@@ -31,6 +31,7 @@ from tuneforge.data.formats import RowError, to_example
 from tuneforge.data.mixing import mix, resample, split
 from tuneforge.data.sources import Row, read_rows
 from tuneforge.errors import DataError
+from tuneforge.utils.progress import progress_bar
 
 if TYPE_CHECKING:
     from tuneforge.config.loader import Config
@@ -252,11 +253,17 @@ def encode(
     size = data.preprocessing_batch_size
     batches = [examples[i : i + size] for i in range(0, len(examples), size)]
     jobs = [(batch, kind, template, tokenizer, options) for batch in batches]
-    if workers > 1 and len(batches) > 1:
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = list(pool.map(_encode_job, jobs))
-    else:
-        results = [_encode_job(job) for job in jobs]
+    results = []
+    with progress_bar(len(examples), "Encoding", "example") as bar:
+        if workers > 1 and len(batches) > 1:
+            with ProcessPoolExecutor(max_workers=workers) as pool:
+                for batch, result in zip(batches, pool.map(_encode_job, jobs)):
+                    results.append(result)
+                    bar.update(len(batch))
+        else:
+            for batch, job in zip(batches, jobs):
+                results.append(_encode_job(job))
+                bar.update(len(batch))
     columns: dict[str, list[Any]] = {name: [] for name in COLUMNS[kind]}
     for batch_columns, batch_report in results:
         for name, values in batch_columns.items():
