@@ -31,4 +31,17 @@ def run(args: argparse.Namespace) -> int:
 
     setup_logging()
     config = load_config(args.config, args.overrides)
-    return run_stage(config)
+    try:
+        return run_stage(config)
+    finally:
+        _leave_process_group()
+
+
+def _leave_process_group() -> None:
+    """Ends this process's part in a distributed run: a gloo group left to the interpreter's
+    exit may abort the process ("terminate called without an active exception") after the
+    run itself succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
