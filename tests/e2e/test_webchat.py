@@ -144,6 +144,7 @@ def test_tool_calls_become_function_turns(tiny_tokenizer):
         "max_new_tokens": 32,
         "top_p": 0.5,
         "temperature": 0.7,
+        "do_sample": True,  # a temperature above the slider's 0 samples
         "skip_special_tokens": True,
         "enable_thinking": False,
     }

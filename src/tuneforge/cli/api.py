@@ -11,6 +11,15 @@ Environment variables (LLaMA-Factory's names):
   API_MAX_TOKENS           the most tokens one reply may ask for (default: the config's
                            max_new_tokens, or max_length when max_new_tokens <= 0)
   API_MAX_REQUEST_BYTES    the largest request body accepted (default 1048576)
+  API_MAX_CONCURRENT       requests decoding at once, in one batch (default 16)
+  API_MAX_QUEUE            requests waiting for a place (default 64); beyond both, a request
+                           gets 429 with Retry-After at once
+  API_STRICT_MODEL_NAME    1: answer 404 to a request for another model than API_MODEL_NAME
+                           (OpenAI's behaviour; also `--strict-model-name`). By default any name
+                           is served by the model, as LLaMA-Factory does
+
+SIGTERM or SIGINT stops the server gracefully: no new connections, every answer being generated
+ends at its next token (its stream gets a final chunk and [DONE]), then the process exits.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING
 
 from tuneforge.cli.common import add_config_arguments
+from tuneforge.inference.engine import Limits
 
 if TYPE_CHECKING:
     from tuneforge.config.loader import Config
@@ -42,6 +52,26 @@ class ServerSettings:
     model_name: str
     max_tokens: int | None
     max_request_bytes: int
+    max_concurrent: int = Limits.max_concurrent
+    max_queue: int = Limits.max_queue
+    strict_model_name: bool = False
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.max_concurrent, self.max_queue)
+
+
+TRUE = ("1", "true", "yes", "on")
+FALSE = ("", "0", "false", "no", "off")
+
+
+def _bool_variable(environ: Mapping[str, str], name: str) -> bool:
+    from tuneforge.errors import ConfigError
+
+    raw = environ.get(name, "").strip().lower()
+    if raw not in TRUE + FALSE:
+        raise ConfigError(f"environment variable {name}={raw!r} must be 1 or 0 (true or false)")
+    return raw in TRUE
 
 
 def _int_variable(environ: Mapping[str, str], name: str, default: int | None, low: int):
@@ -91,14 +121,23 @@ def server_settings(environ: Mapping[str, str], config: Config) -> ServerSetting
         max_request_bytes=_int_variable(
             environ, "API_MAX_REQUEST_BYTES", DEFAULT_MAX_REQUEST_BYTES, 1
         ),
+        max_concurrent=_int_variable(environ, "API_MAX_CONCURRENT", Limits.max_concurrent, 1),
+        max_queue=_int_variable(environ, "API_MAX_QUEUE", Limits.max_queue, 0),
+        strict_model_name=_bool_variable(environ, "API_STRICT_MODEL_NAME"),
     )
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument(
+        "--strict-model-name",
+        action="store_true",
+        help="answer 404 to a request naming another model (API_STRICT_MODEL_NAME=1)",
+    )
     parser.epilog = (
         "Environment: API_HOST (default 127.0.0.1), API_PORT (8000), API_KEY, API_MODEL_NAME, "
-        "API_MAX_TOKENS, API_MAX_REQUEST_BYTES."
+        "API_MAX_TOKENS, API_MAX_REQUEST_BYTES, API_MAX_CONCURRENT (16), API_MAX_QUEUE (64), "
+        "API_STRICT_MODEL_NAME."
     )
 
 
@@ -108,9 +147,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         raise ConfigError("usage: tuneforge api CONFIG.yaml [key=value ...]")
     try:
-        import uvicorn
-
-        from tuneforge.serving.app import create_app
+        from tuneforge.serving.app import create_app, serve
     except ImportError as error:
         raise NotAvailableError(
             f"`tuneforge api` needs FastAPI and uvicorn ({error.name} is missing): "
@@ -123,21 +160,24 @@ def run(args: argparse.Namespace) -> int:
     setup_logging()
     config = load_config(args.config, args.overrides)
     settings = server_settings(os.environ, config)  # checked before the model loads
-    engine = load_engine(config)
+    strict = settings.strict_model_name or getattr(args, "strict_model_name", False)
+    engine = load_engine(config, settings.limits)
     app = create_app(
         engine,
         settings.model_name,
         api_key=settings.api_key,
         max_tokens=settings.max_tokens,
         max_request_bytes=settings.max_request_bytes,
+        strict_model_name=strict,
     )
     print(
         f"Serving {settings.model_name!r} on http://{settings.host}:{settings.port}/v1 "
-        f"(API key {'required' if settings.api_key else 'not set'})",
+        f"(API key {'required' if settings.api_key else 'not set'}; "
+        f"{settings.max_concurrent} requests at once, {settings.max_queue} waiting)",
         flush=True,
     )
     try:
-        uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+        serve(app, engine, settings.host, settings.port)
     finally:
         engine.close()
     return 0

@@ -1,7 +1,10 @@
 """The vLLM engine (`infer_backend: vllm`), for fast serving on CUDA GPUs.
 
-vLLM's `AsyncLLMEngine` runs on an asyncio loop in a background thread; the synchronous Engine
-methods submit coroutines to it, so concurrent callers are batched by vLLM itself. Prompts are
+vLLM's `AsyncLLMEngine` runs on an asyncio loop in a background thread; `submit` hands it a
+coroutine per request (vLLM batches them itself) that reports the request's pieces and answers
+to its listener, and the Engine's `Capacity` bounds the requests held, as for the Hugging Face
+engine. Cancelling a request, or draining the engine, cancels that coroutine, which makes vLLM
+abort the request (draining first reports each unfinished answer as cut, "length"). Prompts are
 rendered and tokenized by tuneforge (the same text as training) and passed as token ids; the
 template's stop words are passed as stop token ids, extra `stop` strings as vLLM stop strings.
 A LoRA adapter is served through vLLM's LoRA support (`enable_lora`, `vllm_max_lora_rank`).
@@ -12,21 +15,28 @@ any other AsyncEngineArgs field.
 from __future__ import annotations
 
 import asyncio
-import queue
+import concurrent.futures
 import threading
 import uuid
-from collections.abc import Generator
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import ConfigError, NotAvailableError
-from tuneforge.inference.engine import Engine, Response
+from tuneforge.inference.engine import (
+    Done,
+    Engine,
+    Failed,
+    Limits,
+    Listener,
+    Piece,
+    Prompt,
+    Response,
+    Ticket,
+)
 from tuneforge.inference.generation import GenerationSettings
 from tuneforge.models.tokenizer import load_tokenizer_and_template
 
 if TYPE_CHECKING:
     from tuneforge.config.loader import Config
-
-_END = object()
 
 
 def import_vllm() -> Any:
@@ -79,9 +89,9 @@ def _check_supported(config: Config) -> None:
 class VllmEngine(Engine):
     """An Engine on vLLM (see the module docstring)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, limits: Limits | None = None) -> None:
         vllm = import_vllm()
-        super().__init__(config)
+        super().__init__(config, limits)
         _check_supported(config)
         import torch
         from vllm.lora.request import LoRARequest
@@ -100,6 +110,8 @@ class VllmEngine(Engine):
             if adapters
             else None
         )
+        self._running: set[concurrent.futures.Future] = set()
+        self._draining = False
 
     @staticmethod
     async def _start(vllm: Any, arguments: dict[str, Any]) -> Any:
@@ -109,10 +121,30 @@ class VllmEngine(Engine):
     def _run(self, coroutine: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
 
-    def _answers(self, prompt_ids: list[int], settings: GenerationSettings) -> list[Response]:
-        params = self._sampling_params(settings, settings.token_budget(len(prompt_ids)))
-        final = self._run(self._final_output(prompt_ids, params))
-        return [_response(output, len(prompt_ids)) for output in final.outputs]
+    @property
+    def context_length(self) -> int | None:
+        return self.config.model.vllm_maxlen
+
+    def submit(self, prompt: Prompt, listener: Listener) -> Ticket:
+        params = self._sampling_params(prompt.settings, prompt.budget)  # refuses beam search
+        self.capacity.acquire()
+        future = asyncio.run_coroutine_threadsafe(
+            self._produce(prompt.ids, params, listener), self._loop
+        )
+        self._running.add(future)
+
+        def finished(done: concurrent.futures.Future) -> None:
+            self._running.discard(done)
+            self.capacity.release()
+
+        future.add_done_callback(finished)
+        return future  # its cancel() cancels the coroutine, and vLLM aborts the request
+
+    def drain(self) -> None:
+        self.capacity.stop()
+        self._draining = True
+        for future in list(self._running):
+            future.cancel()
 
     def _sampling_params(self, settings: GenerationSettings, budget: int) -> Any:
         from vllm import SamplingParams
@@ -145,46 +177,33 @@ class VllmEngine(Engine):
             lora_request=self._lora,
         )
 
-    async def _final_output(self, prompt_ids: list[int], params: Any) -> Any:
-        final = None
-        async for output in self._requests(prompt_ids, params):
-            final = output  # outputs are cumulative: the last one holds every answer
-        return final
-
-    async def _produce(self, prompt_ids: list[int], params: Any, pieces: queue.Queue) -> None:
-        sent, final = 0, None
+    async def _produce(self, prompt_ids: list[int], params: Any, listener: Listener) -> None:
+        """Report one request's outputs (cumulative texts) as pieces and answers."""
+        sent: dict[int, int] = {}  # answer index -> characters reported
+        done: set[int] = set()
+        final: Any = None
         try:
             async for final in self._requests(prompt_ids, params):
-                text = final.outputs[0].text
-                if len(text) > sent:
-                    pieces.put(text[sent:])
-                    sent = len(text)
-            if final is not None:
-                pieces.put(_response(final.outputs[0], len(prompt_ids)))
-        except Exception as error:  # handed to the reading thread, which raises it
-            pieces.put(error)
-        finally:
-            pieces.put(_END)
-
-    def _stream(
-        self, prompt_ids: list[int], settings: GenerationSettings
-    ) -> Generator[str, None, Response]:
-        params = self._sampling_params(settings, settings.token_budget(len(prompt_ids)))
-        pieces: queue.Queue = queue.Queue()
-        future = asyncio.run_coroutine_threadsafe(
-            self._produce(prompt_ids, params, pieces), self._loop
-        )
-        try:
-            while (item := pieces.get()) is not _END:
-                if isinstance(item, Exception):
-                    raise item
-                if isinstance(item, Response):
-                    return item  # the whole answer, for token counts and finish_reason
-                yield item
-        finally:  # a reader that stops early aborts the request (vLLM aborts on cancel)
-            future.cancel()
-        # _produce sends the Response before _END whenever vLLM gave any output at all
-        raise RuntimeError("vLLM finished the request without an output")
+                for output in final.outputs:
+                    text = output.text
+                    if len(text) > sent.get(output.index, 0):
+                        listener(Piece(output.index, text[sent.get(output.index, 0) :]))
+                        sent[output.index] = len(text)
+                    if output.finish_reason is not None and output.index not in done:
+                        done.add(output.index)
+                        listener(Done(output.index, _response(output, len(prompt_ids))))
+        except asyncio.CancelledError:
+            if self._draining and final is not None:  # cut short: the answers so far
+                for output in final.outputs:
+                    if output.index not in done:
+                        cut = _response(output, len(prompt_ids), cut=True)
+                        listener(Done(output.index, cut))
+            raise
+        except Exception as error:  # reported to the caller
+            listener(Failed(error))
+            return
+        if len(done) < params.n:
+            listener(Failed(RuntimeError("vLLM finished the request without every output")))
 
     def get_scores(self, texts: Any, **kwargs: Any) -> list[float]:
         raise NotAvailableError(
@@ -192,15 +211,16 @@ class VllmEngine(Engine):
         )
 
     def close(self) -> None:
+        self.drain()
         self._engine.shutdown()
         self._loop.call_soon_threadsafe(self._loop.stop)
 
 
-def _response(output: Any, prompt_tokens: int) -> Response:
-    """Our Response from one vLLM CompletionOutput."""
+def _response(output: Any, prompt_tokens: int, cut: bool = False) -> Response:
+    """Our Response from one vLLM CompletionOutput (`cut`: stopped before it finished)."""
     return Response(
         text=output.text,
         prompt_tokens=prompt_tokens,
         completion_tokens=len(output.token_ids),
-        finish_reason="length" if output.finish_reason == "length" else "stop",
+        finish_reason="length" if cut or output.finish_reason == "length" else "stop",
     )

@@ -4,7 +4,17 @@ Routes: GET /v1/models, GET /v1/models/{model}, POST /v1/chat/completions and
 POST /v1/score/evaluation (reward models, LLaMA-Factory's shape). Every error, from a bad API key
 to an unexpected exception, is answered with OpenAI's error body
 `{"error": {"message", "type", "param", "code"}}`; pydantic's validation errors become 400
-(OpenAI's status), not FastAPI's 422.
+(OpenAI's status), not FastAPI's 422. A full engine answers 429 with `Retry-After` at once, a
+stopping one 503; text that is not valid Unicode (a lone surrogate) and a prompt longer than
+the model's context (`context_length_exceeded`, with the counts) are 400s.
+
+Any `model` name is accepted, as LLaMA-Factory does (its example clients send their own); the
+response names the served model. `strict_model_name` gives OpenAI's 404 for another name.
+
+`serve` runs the app with uvicorn and stops it gracefully: on SIGTERM or SIGINT uvicorn stops
+accepting connections, the engine is drained (every answer being generated ends at its next
+token with finish reason "length", so each stream gets its final chunk and `[DONE]`), and the
+process exits once the connections are closed, within SHUTDOWN_TIMEOUT_SECONDS.
 
 Pure ASGI middlewares run around the routes, outermost first: the API key check (so nothing
 about a request is answered without the key), the request body size limit, and the answer to
@@ -15,20 +25,23 @@ from __future__ import annotations
 
 import hmac
 import logging
+import socket
 import time
 import uuid
 from collections.abc import Mapping
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tuneforge.errors import UserError
-from tuneforge.serving.chat import ChatService, prepare
+from tuneforge.inference.engine import ContextLengthError, Engine, EngineBusy, EngineStopped
+from tuneforge.serving.chat import ChatService, ClientGone, prepare
 from tuneforge.serving.protocol import (
     REQUEST_FIELDS,
     ApiError,
@@ -39,16 +52,19 @@ from tuneforge.serving.protocol import (
     ScoreRequest,
     ScoreResponse,
     error_body,
+    lone_surrogate,
     unsupported_fields,
 )
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_REQUEST_BYTES = 1 << 20
+SHUTDOWN_TIMEOUT_SECONDS = 10
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for a client that left: never seen by anyone
 
 
 def _error_response(error: ApiError, headers: Mapping[str, str] | None = None) -> JSONResponse:
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    return JSONResponse(error.body(), status_code=error.status, headers=headers or error.headers)
 
 
 class ApiKeyMiddleware:
@@ -189,25 +205,46 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def user_error(request: Request, error: UserError) -> JSONResponse:
         return _error_response(ApiError(400, str(error), None, "invalid_request"))
 
+    @app.exception_handler(ContextLengthError)
+    async def context_error(request: Request, error: ContextLengthError) -> JSONResponse:
+        return _error_response(ApiError(400, str(error), "messages", "context_length_exceeded"))
+
+    @app.exception_handler(EngineBusy)
+    async def busy(request: Request, error: EngineBusy) -> JSONResponse:
+        retry = {"Retry-After": str(error.retry_after)}
+        return _error_response(
+            ApiError(429, str(error), None, "rate_limit_exceeded", "rate_limit_error", retry)
+        )
+
+    @app.exception_handler(EngineStopped)
+    async def stopped(request: Request, error: EngineStopped) -> JSONResponse:
+        retry = {"Retry-After": str(error.retry_after)}
+        return _error_response(
+            ApiError(503, str(error), None, "server_shutting_down", "server_error", retry)
+        )
+
 
 def create_app(
-    engine: Any,
+    engine: Engine,
     model_name: str,
     api_key: str | None = None,
     max_tokens: int | None = None,
     max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    strict_model_name: bool = False,
 ) -> FastAPI:
     """Build the OpenAI-compatible app around an engine.
 
     Args:
-        engine: A `tuneforge.inference` engine (chat, stream_chat, get_scores).
-        model_name: The model id clients send as `model` and `/v1/models` lists.
+        engine: A `tuneforge.inference` engine (prepare, submit, get_scores).
+        model_name: The served model's id: what `/v1/models` lists and responses carry.
         api_key: When set, every request must carry `Authorization: Bearer <api_key>`.
         max_tokens: The most tokens one reply may ask for (`max_tokens`); None for no limit.
         max_request_bytes: The largest request body accepted; larger ones get 413.
+        strict_model_name: Answer 404 to a request for another model than `model_name`
+            (OpenAI's behaviour); by default any name is served by this model.
 
     Returns:
-        The FastAPI app, ready for uvicorn.
+        The FastAPI app, ready for uvicorn (see `serve`).
     """
     app = FastAPI(title="tuneforge OpenAI-compatible API", docs_url=None, redoc_url=None)
     app.add_middleware(UnexpectedErrorMiddleware)  # innermost of ours: sees route errors
@@ -218,14 +255,12 @@ def create_app(
     service = ChatService(engine, model_name)
     created = int(time.time())
 
-    def check_model(name: str) -> None:
-        if name != model_name:
-            raise ApiError(
-                404,
-                f"The model {name!r} does not exist: this server serves {model_name!r}.",
-                "model",
-                "model_not_found",
-            )
+    def check(body: ChatCompletionRequest | ScoreRequest) -> None:
+        invalid = lone_surrogate(body)  # first: nothing else may echo such text
+        if invalid is not None:
+            raise invalid
+        if strict_model_name and body.model != model_name:
+            raise _unknown_model(body.model, model_name)
 
     @app.get("/v1/models")
     async def list_models() -> ModelList:
@@ -233,14 +268,15 @@ def create_app(
 
     @app.get("/v1/models/{name:path}")
     async def retrieve_model(name: str) -> ModelCard:
-        check_model(name)
+        if strict_model_name and name != model_name:
+            raise _unknown_model(name, model_name)
         return ModelCard(id=model_name, created=created)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
-        request: ChatCompletionRequest,
-    ) -> ChatCompletion | StreamingResponse:
-        check_model(request.model)
+        request: ChatCompletionRequest, raw: Request
+    ) -> ChatCompletion | Response:
+        check(request)
         if engine.is_reward_model:
             raise ApiError(
                 400,
@@ -253,16 +289,19 @@ def create_app(
         if unsupported is not None:
             raise unsupported
         job = prepare(request, max_tokens)
-        if not request.stream:
-            return await service.complete(job)
-        events = await service.stream(job)
+        try:
+            if not request.stream:
+                return await service.complete(job, raw.receive)
+            events = await service.stream(job, raw.receive)
+        except ClientGone:  # nobody to answer
+            return Response(status_code=CLIENT_CLOSED_REQUEST)
         return StreamingResponse(
             events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
         )
 
     @app.post("/v1/score/evaluation")
     async def score(request: ScoreRequest) -> ScoreResponse:
-        check_model(request.model)
+        check(request)
         if not engine.is_reward_model:
             raise ApiError(
                 400,
@@ -272,9 +311,60 @@ def create_app(
                 "unsupported",
             )
         options = {} if request.max_length is None else {"max_length": request.max_length}
+        # the pool thread waits for the engine's worker, which needs no pool thread
         scores = await run_in_threadpool(engine.get_scores, request.messages, **options)
         return ScoreResponse(
             id=f"scoreval-{uuid.uuid4().hex}", model=model_name, scores=list(scores)
         )
 
     return app
+
+
+def _unknown_model(name: str, model_name: str) -> ApiError:
+    return ApiError(
+        404,
+        f"The model {name!r} does not exist: this server serves {model_name!r}.",
+        "model",
+        "model_not_found",
+    )
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server that drains the engine as it starts shutting down (see `serve`)."""
+
+    def __init__(self, config: uvicorn.Config, engine: Engine) -> None:
+        super().__init__(config)
+        self.engine = engine
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        logger.info("Stopping: in-flight answers end at their next token.")
+        self.engine.drain()
+        await super().shutdown(sockets)
+
+
+def serve(
+    app: FastAPI,
+    engine: Engine,
+    host: str,
+    port: int,
+    log_level: str = "info",
+    sockets: list[socket.socket] | None = None,
+) -> None:
+    """Serve `app` until SIGTERM or SIGINT, then stop gracefully (see the module docstring).
+
+    Args:
+        app: The app of `create_app`.
+        engine: Its engine, drained on shutdown.
+        host: The interface to listen on.
+        port: The port.
+        log_level: uvicorn's log level.
+        sockets: Already bound sockets to serve on instead of host and port.
+    """
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_SECONDS,
+    )
+    DrainingServer(config, engine).run(sockets=sockets)

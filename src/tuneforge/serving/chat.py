@@ -1,35 +1,50 @@
-"""Chat completions: a checked request -> engine calls -> OpenAI's response or SSE chunks.
+"""Chat completions: a checked request -> the engine -> OpenAI's response or SSE chunks.
 
-The engine is synchronous; every call runs in starlette's thread pool, so the event loop keeps
-serving other requests while a model generates.
+The engine's `prepare` (rendering, tokenizing, checks) runs on a few threads of its own
+(`_PREPARING`); its `submit` queues the request and returns at once, and its events arrive from
+the engine's own thread through `loop.call_soon_threadsafe` into an asyncio queue
+(`EngineRun`). So no request holds a thread while the model generates: any number of clients
+can wait without starving a thread pool, and a full engine answers 429 at once (`EngineBusy`,
+checked before tokenizing too; see app.py). A client that disconnects cancels its request,
+which frees its place at the next token; a streamed response learns of it from starlette, a
+non-streamed one from `EngineRun` watching the connection.
 
 Sampling maps onto transformers' generation keys: temperature 0 (or top_p 0) is greedy
 decoding; a request that sets temperature, top_p or top_k samples; one that sets none of them
 keeps the config's `do_sample`. Greedy decoding is deterministic, so `n` greedy choices are one
-generation repeated. `presence_penalty` / `frequency_penalty` have no exact transformers
-equivalent and are refused unless 0 (see `protocol.unsupported_fields`).
+generation repeated; `n` sampled choices are `n` answers of one engine request, decoded in the
+same batch. `presence_penalty` / `frequency_penalty` have no exact transformers equivalent and
+are refused unless 0 (see `protocol.unsupported_fields`).
 
-Streaming sends each choice in turn: a role chunk, content chunks as the engine yields text, and
-a chunk with the finish reason; then, with `stream_options.include_usage`, a chunk with the
-usage; then `data: [DONE]`. With tools shown to the model a reply can only be told apart from a
-tool call once it is complete, so such a stream sends the whole reply (text or tool_calls) in one
-chunk. An engine error after the response has started is sent as an `error` event.
+Streaming: a role chunk per choice, then content chunks as the engine's pieces come (choices
+interleaved, each chunk naming its index), a chunk with each choice's finish reason; then, with
+`stream_options.include_usage`, a chunk with the usage; then `data: [DONE]`. With tools shown
+to the model, text is sent as it comes too, except what may turn out to be a tool call
+(`tools.ToolCallStream`), which is sent as `tool_calls` once the reply is complete. The
+response starts once the engine has produced the first event, so a request that fails before
+(the engine stopping) still gets a proper status code; an error after that is sent as an
+`error` event.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
+import functools
 import json
 import logging
+import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Generator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import anyio
-from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
 
 from tuneforge.errors import UserError
+from tuneforge.inference.engine import Done, Engine, Event, Failed, Piece, Prompt, Response
 from tuneforge.serving.messages import to_conversation
 from tuneforge.serving.protocol import (
     MAX_STOP_WORDS,
@@ -43,12 +58,20 @@ from tuneforge.serving.protocol import (
     FinishReason,
     ResponseMessage,
     ToolCallDelta,
+    ToolCallOut,
     Usage,
     error_body,
 )
-from tuneforge.serving.tools import parse_tool_calls, tools_for_prompt
+from tuneforge.serving.tools import ToolCallStream, parse_tool_calls, tools_for_prompt
 
 logger = logging.getLogger(__name__)
+
+_PREPARING = concurrent.futures.ThreadPoolExecutor(
+    max_workers=min(4, os.cpu_count() or 1), thread_name_prefix="tuneforge-prepare"
+)
+"""Renders and tokenizes prompts off the event loop. A few threads: more would only contend
+for the GIL with the event loop and the generation worker (a burst of requests then slows the
+loop's answers, 429s included)."""
 
 
 @dataclass(frozen=True)
@@ -182,59 +205,65 @@ def _sse(payload: ChatCompletionChunk | dict[str, Any]) -> str:
     return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-def _step(iterator: Iterator[str]) -> tuple[bool, Any]:
-    # StopIteration cannot cross from a worker thread into a coroutine: return it as a value.
-    try:
-        return False, next(iterator)
-    except StopIteration as stop:
-        return True, stop.value
+class ClientGone(Exception):
+    """The client closed the connection before its answer was complete."""
 
 
-class EngineStream:
-    """One `engine.stream_chat` generator, read through the thread pool.
+_GONE = object()
 
-    An engine's stream generator may return its `Response` (token counts, finish reason) when
-    it ends (`return response` in the generator); it is kept in `result`, and is None when the
-    engine gives none. Closing the generator early (client gone) lets the engine stop.
+
+class EngineRun:
+    """One request submitted to the engine, seen from the event loop.
+
+    The engine calls `_put` on its own thread; each event is handed to the loop with
+    `call_soon_threadsafe`. While `receive` is given (before a streamed response starts), the
+    connection is watched: a disconnect cancels the request and makes `next` raise ClientGone.
+
+    Raises (from the constructor): EngineBusy, EngineStopped.
     """
 
-    def __init__(self, iterator: Iterator[str]) -> None:
-        self._iterator = iterator
-        self._pending: list[str] = []
-        self.result: Any = None
-        self.finished = False
+    def __init__(self, engine: Engine, prompt: Prompt, receive: Receive | None) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._ticket = engine.submit(prompt, self._put)
+        self._watch = asyncio.ensure_future(self._watch_disconnect(receive)) if receive else None
 
-    async def _next(self) -> str | None:
-        done, value = await run_in_threadpool(_step, self._iterator)
-        if done:
-            self.result, self.finished = value, True
-            return None
-        return value
+    def _put(self, event: Event) -> None:
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody is listening any more
+            self._loop.call_soon_threadsafe(self._events.put_nowait, event)
 
-    async def start(self) -> None:
-        """Read the first piece now, so that a request the engine refuses fails before any
-        byte of the response is sent (and gets a proper status code)."""
-        piece = await self._next()
-        if piece is not None:
-            self._pending.append(piece)
+    async def _watch_disconnect(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        self._events.put_nowait(_GONE)
 
-    async def pieces(self) -> AsyncIterator[str]:
-        """The text pieces, as the engine yields them."""
-        try:
-            while self._pending:
-                yield self._pending.pop(0)
-            while (piece := await self._next()) is not None:
-                yield piece
-        finally:
-            await self.close()
+    async def next(self) -> Piece | Done:
+        """The next event.
 
-    async def close(self) -> None:
-        if self.finished or not isinstance(self._iterator, Generator):
-            return
-        self.finished = True
-        # Shielded: this runs while the stream's task is being cancelled (client disconnect).
-        with anyio.CancelScope(shield=True):
-            await run_in_threadpool(self._iterator.close)
+        Raises:
+            ClientGone: the client disconnected (the request is cancelled).
+            Exception: the engine's error, when the request failed.
+        """
+        event = await self._events.get()
+        if event is _GONE:
+            self.cancel()
+            raise ClientGone()
+        if isinstance(event, Failed):
+            self.stop_watching()
+            raise event.error
+        result: Piece | Done = event
+        return result
+
+    def stop_watching(self) -> None:
+        """Stop watching the connection (a streamed response's own watch takes over)."""
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+
+    def cancel(self) -> None:
+        """Stop the request (no-op once it has finished)."""
+        self.stop_watching()
+        self._ticket.cancel()
 
 
 @dataclass
@@ -243,10 +272,10 @@ class ChatService:
 
     Attributes:
         engine: The inference engine (see `tuneforge.inference`).
-        model_name: The name clients send as `model`, and the one responses carry.
+        model_name: The name responses carry (the served model's).
     """
 
-    engine: Any
+    engine: Engine
     model_name: str
 
     def _reply(
@@ -256,22 +285,46 @@ class ChatService:
         tool_format = self.engine.template.tool_format
         calls = parse_tool_calls(tool_format, text) if job.tools is not None else None
         if calls:
-            kept = calls[:1] if job.single_call else calls
-            return ResponseMessage(content=None, tool_calls=kept), "tool_calls"
+            return ResponseMessage(content=None, tool_calls=self._kept(job, calls)), "tool_calls"
         return ResponseMessage(content=text), finish_reason
 
-    async def complete(self, job: ChatJob) -> ChatCompletion:
-        """Generate every choice and answer with one `chat.completion` object."""
+    @staticmethod
+    def _kept(job: ChatJob, calls: list[ToolCallOut]) -> list[ToolCallOut]:
+        return calls[:1] if job.single_call else calls
+
+    async def _start(self, job: ChatJob, receive: Receive) -> tuple[EngineRun, int]:
+        """Check and submit the job; the run and how many answers the engine makes."""
         generation = dict(job.generation)
         if not job.greedy and job.n > 1:
-            generation["num_return_sequences"] = job.n
-        responses = await run_in_threadpool(
-            self.engine.chat, job.messages, job.system, job.tools, **generation
+            generation["num_return_sequences"] = job.n  # n answers in the same batch
+        exact = "max_new_tokens" in generation  # the client's max_tokens must fit the context
+        self.engine.capacity.check()  # a full engine refuses before tokenizing anything
+        prepare = functools.partial(
+            self.engine.prepare, job.messages, job.system, job.tools, exact, **generation
         )
+        prompt = await asyncio.get_running_loop().run_in_executor(_PREPARING, prepare)
+        return EngineRun(self.engine, prompt, receive), prompt.n
+
+    async def complete(self, job: ChatJob, receive: Receive) -> ChatCompletion:
+        """Generate every choice and answer with one `chat.completion` object.
+
+        Raises:
+            ClientGone: the client left before the answer was complete.
+        """
+        run, answers = await self._start(job, receive)
+        responses: dict[int, Response] = {}
+        try:
+            while len(responses) < answers:
+                event = await run.next()
+                if isinstance(event, Done):
+                    responses[event.index] = event.response
+        finally:
+            run.cancel()  # a no-op once complete
+        ordered = [responses[index] for index in range(answers)]
         if job.greedy:
-            responses = responses[:1] * job.n
+            ordered = ordered[:1] * job.n
         choices = []
-        for index, response in enumerate(responses):
+        for index, response in enumerate(ordered):
             message, finish = self._reply(job, response.text, response.finish_reason)
             choices.append(Choice(index=index, message=message, finish_reason=finish))
         return ChatCompletion(
@@ -279,42 +332,69 @@ class ChatService:
             created=int(time.time()),
             model=self.model_name,
             choices=choices,
-            usage=_usage(responses),
+            usage=_usage(ordered),
         )
 
-    async def _open(self, job: ChatJob) -> EngineStream:
-        # stream_chat checks the request and renders the prompt at once: off the event loop
-        iterator = await run_in_threadpool(
-            self.engine.stream_chat, job.messages, job.system, job.tools, **job.generation
-        )
-        return EngineStream(iterator)
+    async def stream(self, job: ChatJob, receive: Receive) -> AsyncIterator[str]:
+        """Start streaming: returns once the engine's first event is in, so that errors
+        before it raise here. The result yields SSE event texts.
 
-    async def stream(self, job: ChatJob) -> AsyncIterator[str]:
-        """Start streaming: the first choice's first piece is read before this returns, so
-        engine errors on the request raise here. The result yields SSE event texts."""
-        first = await self._open(job)
-        await first.start()
-        return self._events(job, first)
+        Raises:
+            ClientGone: the client left before the first event.
+        """
+        run, answers = await self._start(job, receive)
+        try:
+            first = await run.next()
+        except BaseException:
+            run.cancel()
+            raise
+        run.stop_watching()  # from here on, starlette watches the connection
+        return self._events(job, run, answers, first)
 
-    async def _events(self, job: ChatJob, first: EngineStream) -> AsyncIterator[str]:
+    async def _events(
+        self, job: ChatJob, run: EngineRun, answers: int, first: Piece | Done
+    ) -> AsyncIterator[str]:
         chunk = _ChunkMaker(_completion_id(), int(time.time()), self.model_name)
-        results: list[Any] = []  # each choice's final Response (None: the stream gave none)
-        first_pieces: list[str] = []
+        tool_format = self.engine.template.tool_format
+        splitters = [
+            ToolCallStream(tool_format) if job.tools is not None else None for _ in range(job.n)
+        ]
+        # the engine's answer i is choice i; greedy choices all show answer 0
+        shown = [list(range(job.n))] if job.greedy else [[index] for index in range(answers)]
+        results: dict[int, Response] = {}
+        event: Piece | Done | None = first
         try:
             for index in range(job.n):
-                stream: EngineStream | _Replay = first
-                if index and job.greedy:
-                    stream = _Replay(first_pieces, results[0])
-                elif index:
-                    stream = await self._open(job)
-                recorded: list[str] = first_pieces if index == 0 else []
-                async for event in self._choice_events(job, index, stream, chunk, recorded):
-                    yield event
-                results.append(stream.result)
-            if job.include_usage and None not in results:
-                yield _sse(chunk.usage(_usage(results)))
-            elif job.include_usage:
-                logger.warning("usage left out of a stream: the engine's stream gave no counts")
+                yield _sse(chunk(index, Delta(role="assistant", content="")))
+            while len(results) < answers:
+                if event is None:
+                    event = await run.next()
+                for index in shown[event.index]:
+                    splitter = splitters[index]
+                    if isinstance(event, Piece):
+                        content = splitter.add(event.text) if splitter else event.text
+                        if content:
+                            yield _sse(chunk(index, Delta(content=content)))
+                        continue
+                    finish: FinishReason = event.response.finish_reason
+                    if splitter is not None:
+                        rest, calls = splitter.finish()
+                        if calls:
+                            deltas = [
+                                ToolCallDelta(index=i, **call.model_dump())
+                                for i, call in enumerate(self._kept(job, calls))
+                            ]
+                            yield _sse(chunk(index, Delta(tool_calls=deltas)))
+                            finish = "tool_calls"
+                        elif rest:
+                            yield _sse(chunk(index, Delta(content=rest)))
+                    yield _sse(chunk(index, Delta(), finish))
+                if isinstance(event, Done):
+                    results[event.index] = event.response
+                event = None
+            if job.include_usage:
+                ordered = [results[index] for index in range(answers)]
+                yield _sse(chunk.usage(_usage(ordered * job.n if job.greedy else ordered)))
         except UserError as error:
             yield _sse(error_body(str(error), "invalid_request_error", None, None))
             return
@@ -322,46 +402,9 @@ class ChatService:
             logger.exception("chat stream failed")
             yield _sse(error_body(f"internal error: {error}", "server_error", None, None))
             return
+        finally:  # also when starlette cancels the stream (client gone)
+            run.cancel()
         yield "data: [DONE]\n\n"
-
-    async def _choice_events(
-        self,
-        job: ChatJob,
-        index: int,
-        stream: EngineStream | _Replay,
-        chunk: _ChunkMaker,
-        recorded: list[str],
-    ) -> AsyncIterator[str]:
-        yield _sse(chunk(index, Delta(role="assistant", content="")))
-        if job.tools is None:
-            async for piece in stream.pieces():
-                recorded.append(piece)
-                yield _sse(chunk(index, Delta(content=piece)))
-            yield _sse(chunk(index, Delta(), _finish_reason(stream.result)))
-            return
-        async for piece in stream.pieces():
-            recorded.append(piece)
-        message, finish = self._reply(job, "".join(recorded), _finish_reason(stream.result))
-        if message.tool_calls:
-            calls = [
-                ToolCallDelta(index=i, **call.model_dump())
-                for i, call in enumerate(message.tool_calls)
-            ]
-            yield _sse(chunk(index, Delta(tool_calls=calls)))
-        elif message.content:
-            yield _sse(chunk(index, Delta(content=message.content)))
-        yield _sse(chunk(index, Delta(), finish))
-
-
-class _Replay:
-    """A finished stream played again (greedy choices after the first)."""
-
-    def __init__(self, pieces: list[str], result: Any) -> None:
-        self._pieces, self.result = list(pieces), result
-
-    async def pieces(self) -> AsyncIterator[str]:
-        for piece in self._pieces:
-            yield piece
 
 
 @dataclass(frozen=True)
@@ -385,12 +428,7 @@ class _ChunkMaker:
         )
 
 
-def _finish_reason(result: Any) -> FinishReason:
-    # "stop" when the engine's stream did not say why it ended (see EngineStream)
-    return "stop" if result is None else result.finish_reason
-
-
-def _usage(responses: list[Any]) -> Usage:
+def _usage(responses: list[Response]) -> Usage:
     """Usage of a set of choices: the prompt counted once, every choice's tokens summed."""
     completion = sum(response.completion_tokens for response in responses)
     prompt = responses[0].prompt_tokens

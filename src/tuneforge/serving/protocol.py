@@ -7,6 +7,7 @@ never silently ignored. Unknown fields that OpenAI does not define are ignored, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +26,7 @@ class ApiError(Exception):
         param: The request field at fault (`messages[2].content`), or None.
         code: A short machine-readable code, or None.
         kind: OpenAI's error `type`.
+        headers: Extra response headers (`Retry-After`).
     """
 
     def __init__(
@@ -34,6 +36,7 @@ class ApiError(Exception):
         param: str | None = None,
         code: str | None = None,
         kind: str = "invalid_request_error",
+        headers: Mapping[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.kind = (
@@ -43,6 +46,7 @@ class ApiError(Exception):
             code,
             kind,
         )
+        self.headers = dict(headers or {})
 
     def body(self) -> dict[str, Any]:
         """The JSON body: `{"error": {"message", "type", "param", "code"}}`."""
@@ -50,8 +54,49 @@ class ApiError(Exception):
 
 
 def error_body(message: str, kind: str, param: str | None, code: str | None) -> dict[str, Any]:
-    """OpenAI's error body."""
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    """OpenAI's error body. Text that cannot be encoded as UTF-8 (a lone surrogate echoed from
+    a request) is escaped, so that the body can always be sent."""
+    return {"error": {"message": _encodable(message), "type": kind, "param": param, "code": code}}
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def lone_surrogate(body: BaseModel) -> ApiError | None:
+    """A 400 naming the first text of a request that holds a lone surrogate (JSON's
+    `"\\ud800"` without its pair: not Unicode text, so no tokenizer can encode it), or None."""
+    found = _surrogate_at(body.model_dump(exclude_none=True), "")
+    if found is None:
+        return None
+    param, char = found
+    return ApiError(
+        400,
+        f"{param or 'the request'} is not valid Unicode text: it holds the lone surrogate "
+        f"{char!a} (a UTF-16 surrogate without its pair); send well-formed UTF-8.",
+        param or None,
+        "invalid_value",
+    )
+
+
+def _surrogate_at(value: Any, path: str) -> tuple[str, str] | None:
+    if isinstance(value, str):
+        for char in value:
+            if "\ud800" <= char <= "\udfff":
+                return path, char
+        return None
+    items: Any = ()
+    if isinstance(value, dict):
+        for key in value:
+            if (found := _surrogate_at(key, path)) is not None:
+                return found
+        items = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, (list, tuple)):
+        items = ((f"{path}[{index}]", item) for index, item in enumerate(value))
+    for where, item in items:
+        if (found := _surrogate_at(item, where)) is not None:
+            return found
+    return None
 
 
 # ---- requests -------------------------------------------------------------------------------

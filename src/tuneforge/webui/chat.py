@@ -10,6 +10,12 @@ The conversation is kept as engine messages (roles user, assistant, function, ob
 `gr.State`; the Chatbot only displays them. An answer that the template's tool format reads as
 tool calls becomes a `function` turn, and the next message can then be sent as an
 `observation` (the tool's result).
+
+The settings open at the config's generation values (`initial_settings`): a config that decodes
+greedily (`do_sample: false`) opens at temperature 0, and a temperature above 0 samples. Every
+other generation key (top_k, repetition_penalty, ...) is the config's, as in `tuneforge chat`
+and the API: all of them go through the same engine. Browsers chat at the same time (up to
+CHAT_CONCURRENCY answers), and the engine decodes their answers together.
 """
 
 from __future__ import annotations
@@ -19,13 +25,15 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from tuneforge.errors import NotAvailableError, UserError
+from tuneforge.inference.engine import EngineBusy, EngineStopped, Limits
 
 if TYPE_CHECKING:
     from tuneforge.config.data import DataConfig
-    from tuneforge.config.generation import GenerationConfig
     from tuneforge.config.loader import Config
 
 Messages = list[dict[str, str]]
+CHAT_CONCURRENCY = Limits.max_concurrent
+"""Answers the page streams at once (gradio's concurrency limit for the send event)."""
 
 
 def import_gradio() -> Any:
@@ -54,7 +62,8 @@ def chat_block(get_engine: Callable[[], Any], config: Config | None = None) -> d
         skip_special_tokens, enable_thinking; outputs: chatbot, message box).
     """
     gr = import_gradio()
-    generation, data = _defaults(config)
+    initial = initial_settings(config)
+    data = config.data if config is not None else _default_data()
     history = gr.State([])
     chatbot = gr.Chatbot(label="Conversation", height=460)
     with gr.Row():
@@ -68,14 +77,14 @@ def chat_block(get_engine: Callable[[], Any], config: Config | None = None) -> d
             tools = gr.Textbox(label="Tools (a JSON list of tool schemas)", lines=3)
         with gr.Column(scale=1):
             max_new_tokens = gr.Slider(
-                1, 8192, value=generation.max_new_tokens or 1024, step=1, label="Max new tokens"
+                1, 8192, value=initial["max_new_tokens"], step=1, label="Max new tokens"
             )
-            top_p = gr.Slider(0.01, 1.0, value=generation.top_p, step=0.01, label="Top-p")
+            top_p = gr.Slider(0.01, 1.0, value=initial["top_p"], step=0.01, label="Top-p")
             temperature = gr.Slider(
-                0.0, 2.0, value=generation.temperature, step=0.01, label="Temperature (0: greedy)"
+                0.0, 2.0, value=initial["temperature"], step=0.01, label="Temperature (0: greedy)"
             )
             skip_special_tokens = gr.Checkbox(
-                value=generation.skip_special_tokens, label="Skip special tokens"
+                value=initial["skip_special_tokens"], label="Skip special tokens"
             )
             enable_thinking = gr.Checkbox(
                 value=bool(data.enable_thinking), label="Enable thinking (reasoning models)"
@@ -86,7 +95,12 @@ def chat_block(get_engine: Callable[[], Any], config: Config | None = None) -> d
 
     inputs = [query, role, system, tools, max_new_tokens, top_p, temperature]
     inputs += [skip_special_tokens, enable_thinking]
-    send_event = {"fn": respond, "inputs": [history, *inputs], "outputs": [chatbot, history, query]}
+    send_event = {
+        "fn": respond,
+        "inputs": [history, *inputs],
+        "outputs": [chatbot, history, query],
+        "concurrency_limit": CHAT_CONCURRENCY,
+    }
     send.click(**send_event, api_name="chat")
     query.submit(**send_event, api_name=False)
     clear.click(lambda: ([], [], ""), outputs=[chatbot, history, query], api_name="clear")
@@ -107,13 +121,28 @@ def chat_block(get_engine: Callable[[], Any], config: Config | None = None) -> d
     }
 
 
-def _defaults(config: Config | None) -> tuple[GenerationConfig, DataConfig]:
+def initial_settings(config: Config | None) -> dict[str, Any]:
+    """The values the page's generation settings open at: the config's (the defaults without
+    one). Greedy decoding shows as temperature 0, the slider's greedy end."""
     if config is not None:
-        return config.generation, config.data
-    from tuneforge.config.data import DataConfig
-    from tuneforge.config.generation import GenerationConfig
+        generation = config.generation
+    else:
+        from tuneforge.config.generation import GenerationConfig
 
-    return GenerationConfig(), DataConfig()
+        generation = GenerationConfig()
+    budget = generation.max_new_tokens if generation.max_new_tokens > 0 else generation.max_length
+    return {
+        "max_new_tokens": min(max(budget, 1), 8192),
+        "top_p": generation.top_p,
+        "temperature": generation.temperature if generation.do_sample else 0.0,
+        "skip_special_tokens": generation.skip_special_tokens,
+    }
+
+
+def _default_data() -> DataConfig:
+    from tuneforge.config.data import DataConfig
+
+    return DataConfig()
 
 
 def _respond(
@@ -140,6 +169,7 @@ def _respond(
         "max_new_tokens": int(max_new_tokens),
         "top_p": top_p,
         "temperature": temperature,
+        "do_sample": temperature > 0,  # the slider's 0 is greedy; above it samples
         "skip_special_tokens": skip_special_tokens,
         "enable_thinking": enable_thinking,
     }
@@ -152,8 +182,8 @@ def _respond(
         for piece in stream:
             answer += piece
             yield display([*messages, {"role": "assistant", "content": answer}]), history, ""
-    except UserError as error:  # shown in the page; the conversation is left as it was
-        raise gr.Error(str(error)) from None
+    except (UserError, EngineBusy, EngineStopped) as error:  # shown in the page; the
+        raise gr.Error(str(error)) from None  # conversation is left as it was
     calls = engine.template.tool_format.parse_calls(answer) if tools else None
     reply = (
         {"role": "function", "content": json.dumps(calls, ensure_ascii=False)}
