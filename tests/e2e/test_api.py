@@ -13,7 +13,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +22,7 @@ import openai
 import pytest
 import uvicorn
 
+from live_server import LiveServer
 from tuneforge.config.loader import build_config
 from tuneforge.inference import load_engine
 from tuneforge.serving.app import create_app
@@ -47,30 +47,9 @@ WEATHER_TOOL = {
 }
 
 
-class LiveServer:
-    """uvicorn serving an app on a free loopback port, in a background thread."""
-
-    def __init__(self, app) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
-        )
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.socket.close()
+def serving(app) -> LiveServer:
+    """uvicorn serving `app` on a free loopback port, in a background thread."""
+    return LiveServer(uvicorn.Server(uvicorn.Config(app, log_level="warning")))
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +64,7 @@ def engine(tiny_model_dir):
 @pytest.fixture(scope="module")
 def server(engine):
     app = create_app(engine, MODEL, api_key=KEY, max_tokens=MAX_TOKENS, max_request_bytes=MAX_BYTES)
-    with LiveServer(app) as live:
+    with serving(app) as live:
         yield live
 
 
@@ -126,7 +105,7 @@ def test_models_are_listed_and_any_model_name_is_served(client, engine):
 
 def test_strict_model_names_get_openais_404(engine):
     app = create_app(engine, MODEL, strict_model_name=True)
-    with LiveServer(app) as live:
+    with serving(app) as live:
         client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
         with pytest.raises(openai.NotFoundError) as caught:
             client.chat.completions.create(model="gpt-4o", messages=QUESTION)
@@ -462,7 +441,7 @@ def test_a_reward_model_scores_texts_and_does_not_chat(tiny_model_dir, tmp_path)
     assert reward.is_reward_model
     texts = ["The answer is Paris.", "The answer is a potato, obviously."]
     expected = reward.get_scores(texts)
-    with LiveServer(create_app(reward, "rm")) as live:
+    with serving(create_app(reward, "rm")) as live:
         body = {"model": "rm", "messages": texts}
         answer = httpx.post(f"{live.url}/v1/score/evaluation", json=body, timeout=120).json()
         assert answer["object"] == "score.evaluation" and answer["model"] == "rm"
@@ -508,7 +487,7 @@ def test_an_unexpected_engine_failure_is_a_500_in_openai_shape(tiny_model_dir):
         build_config({"model_name_or_path": str(tiny_model_dir), "template": "qwen"})
     )
     broken.close()  # the model is gone: generating fails inside the engine
-    with LiveServer(create_app(broken, MODEL)) as live:
+    with serving(create_app(broken, MODEL)) as live:
         client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
         with pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(model=MODEL, messages=QUESTION, max_tokens=2)
@@ -580,7 +559,7 @@ def test_a_model_that_calls_a_tool_answers_with_tool_calls(tiny_model_dir):
     question = [{"role": "user", "content": WEATHER_QUESTION}]
     tools = [{"type": "function", "function": WEATHER_TOOL}]
     try:
-        with LiveServer(create_app(engine, MODEL, api_key=KEY)) as live:
+        with serving(create_app(engine, MODEL, api_key=KEY)) as live:
             client = openai.OpenAI(base_url=f"{live.url}/v1", api_key=KEY, max_retries=0)
             for stream in (False, True):
                 reply = client.chat.completions.create(

@@ -20,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from live_server import LiveServer
 from tuneforge.config.loader import build_config
 from tuneforge.inference import load_engine
 from tuneforge.inference.engine import Limits
@@ -31,33 +32,10 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 WAIT = 120  # seconds any single wait may take at most
 
 
-class LiveServer:
-    """The app on a free loopback port, in a thread, stopped as SIGTERM would (draining)."""
-
-    def __init__(self, app, engine) -> None:
-        self.socket = socket.socket()
-        self.socket.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.socket.getsockname()[1]}"
-        config = __import__("uvicorn").Config(
-            app, log_level="warning", timeout_graceful_shutdown=10
-        )
-        self.server = DrainingServer(config, engine)
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True
-        )
-
-    def __enter__(self) -> LiveServer:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert self.thread.is_alive() and time.monotonic() < deadline, "server did not start"
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.socket.close()
+def draining(app, engine) -> LiveServer:
+    """The app live on loopback, stopped as SIGTERM would stop it (draining the engine)."""
+    config = __import__("uvicorn").Config(app, log_level="warning", timeout_graceful_shutdown=10)
+    return LiveServer(DrainingServer(config, engine))
 
 
 def tiny_engine(model_dir, limits: Limits):
@@ -74,7 +52,7 @@ def engine(tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def server(engine):
-    with LiveServer(create_app(engine, MODEL), engine) as live:
+    with draining(create_app(engine, MODEL), engine) as live:
         yield live
 
 
@@ -155,7 +133,7 @@ def test_concurrent_greedy_answers_are_the_answers_alone(server, engine):
 def test_a_full_server_answers_429_at_once_and_a_leaving_client_frees_its_place(tiny_model_dir):
     engine = tiny_engine(tiny_model_dir, Limits(max_concurrent=1, max_queue=0))
     try:
-        with LiveServer(create_app(engine, MODEL), engine) as live:
+        with draining(create_app(engine, MODEL), engine) as live:
             client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="unused", max_retries=0)
             for _ in range(2):  # a streamed client leaves mid-answer, twice
                 holder = httpx.Client(timeout=WAIT)
